@@ -1,0 +1,62 @@
+"""gunicorn settings for long-lived event streams. gunicorn reads this file by itself.
+
+Every value can be changed from the environment, e.g. ``BIND=0.0.0.0:9000 gunicorn app:app``.
+"""
+
+import os
+import resource
+
+# Loopback by default: put Nginx (nginx.conf) in front before exposing it.
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+
+# A stream holds its connection for minutes, so a sync worker (one request at a
+# time) would serve one client. gevent runs each connection in a greenlet; the
+# worker patches the standard library before it loads the app.
+worker_class = "gevent"
+
+# One gevent worker holds thousands of streams; add workers for more CPU. With
+# more than one, set REDIS_URL so a broadcast reaches every worker's clients.
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+
+# Connections one worker accepts at once. gunicorn's default of 1000 is meant
+# for short requests; past it, stream number 1001 hangs unanswered. Keep the
+# app's SSE_MAX_STREAMS below this, so the worker can still answer a 503.
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+
+# Seconds a worker may go without telling the master it is alive. The gevent
+# worker does that from its own loop, so long streams do not trip it.
+timeout = int(os.environ.get("TIMEOUT", "30"))
+
+# Seconds a stopping worker (restart, reload, SIGTERM) waits for open requests.
+# A stream never finishes by itself, so a long wait only delays the restart.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "5"))
+
+# Seconds an idle keep-alive connection stays open between requests.
+keepalive = int(os.environ.get("KEEPALIVE", "5"))
+
+# Never preload with gevent: the app would be imported before the worker
+# patches the standard library, and its sockets and locks would block.
+preload_app = False
+
+# gunicorn 27's control socket lives at one path per user; two instances on a
+# machine (tests, several apps) would take it from each other. We do not use it.
+control_socket_disable = True
+
+accesslog = os.environ.get("ACCESS_LOG", "-")
+errorlog = "-"
+
+
+def on_starting(server):
+    """Raise the soft open-file limit to the hard one before workers are forked.
+
+    Every stream is a file descriptor, and many systems start processes with a
+    soft limit of 1024; Python, unlike Node, does not raise it by itself. At the
+    limit, accept() fails with EMFILE and new clients hang.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    except (ValueError, OSError):  # macOS refuses more than its own cap, 10240
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(target, 10240)), hard))
+    server.log.info("open-file limit: %s", resource.getrlimit(resource.RLIMIT_NOFILE)[0])

@@ -1,0 +1,43 @@
+import pytest
+from servers import start_gunicorn
+
+from app import create_app
+
+# Short periods so that no test waits a real second per event.
+FAST = {"HEARTBEAT": 0.2, "PING_INTERVAL": 0.1, "RETRY_MS": 100}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """Keep a developer's own SSE_*, REDIS_URL or OPENAI_* settings out of the tests."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("SSE_", "OPENAI_")) or name in ("REDIS_URL", "PUBLISH_TOKEN"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def app():
+    return create_app({"TESTING": True, **FAST})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    """Start real gunicorn servers (gevent worker) for one test; stop them all after."""
+    started = []
+
+    def start(env=None, args=()):
+        settings = {f"SSE_{key}": str(value) for key, value in FAST.items()}
+        server = start_gunicorn(tmp_path, env={**settings, **(env or {})}, args=args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,113 @@
+"""Start the real servers the integration tests talk to, on free loopback ports.
+
+Each helper waits for a condition (a port answering, a health check passing)
+with a deadline, never for a fixed sleep, and every process is stopped by the
+PID it was started with.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def need(program):
+    """Return the path of ``program``; skip without it on a laptop, fail in CI."""
+    path = shutil.which(program) or next(
+        (p for p in (f"/usr/sbin/{program}", f"/usr/bin/{program}") if os.path.exists(p)), None)
+    if path is None:
+        message = f"{program} is not installed (make test installs nothing system-wide)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run this test, so .ci/run must install it")
+        pytest.skip(message)
+    return path
+
+
+def free_port():
+    """A port nobody listens on right now (someone may take it before we bind)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout=10.0, interval=0.02, what="condition"):
+    """Poll ``condition()`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def answers(url):
+    """True when ``url`` answers 200."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Server:
+    """A process we started, its URL, and how to stop it."""
+
+    def __init__(self, args, url, ready_url, env=None, cwd=ROOT, log=None):
+        self.args, self.url = args, url
+        self.log = log
+        self.proc = subprocess.Popen(
+            args, cwd=cwd, env={**os.environ, **(env or {})},
+            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: self.proc.poll() is not None or answers(ready_url),
+                       timeout=20, what=f"{args[0]} to answer {ready_url}")
+        except AssertionError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, args))} exited with {self.proc.returncode}"
+                               f"{self.output_hint()}")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def send(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGINT, timeout=10):
+        """Stop the process (SIGINT: gunicorn and nginx both stop at once) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output_hint(self):
+        if self.log is None:
+            return ""
+        self.log.flush()
+        return "; output:\n" + Path(self.log.name).read_text()[-3000:]
+
+
+def start_gunicorn(log_dir, env=None, args=(), port=None):
+    """Run ``gunicorn app:app`` from the repo with our gunicorn.conf.py on a free port."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(Path(log_dir) / f"gunicorn-{port}.log", "w")
+    cmd = [sys.executable, "-m", "gunicorn", "app:app", "--bind", f"127.0.0.1:{port}",
+           "--access-logfile", "-", *args]
+    return Server(cmd, url, url + "/healthz", env=env, log=log)

@@ -1,0 +1,188 @@
+"""/stream, /healthz and the page through Flask's test client (no server, no sleeps)."""
+
+import json
+
+import pytest
+from conftest import FAST
+
+from app import create_app
+
+
+def read_events(response, count):
+    """Read the first ``count`` wire blocks of a streaming response as text."""
+    blocks = []
+    for chunk in response.iter_encoded():
+        blocks += [b for b in chunk.decode().split("\n\n") if b]
+        if len(blocks) >= count:
+            return blocks[:count]
+    return blocks
+
+
+def test_stream_sends_the_sse_headers(client):
+    response = client.get("/stream")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    response.close()
+
+
+def test_stream_starts_with_retry_then_counter_and_random(client):
+    response = client.get("/stream?interval=0.05")
+    retry, counter, rand = read_events(response, 3)
+    response.close()
+    assert retry == "retry: 100"
+    id_line, data_line = counter.split("\n")
+    assert id_line == "id: 1"
+    payload = json.loads(data_line.removeprefix("data: "))
+    assert payload["count"] == 1 and payload["time"].endswith("Z")
+    name, data = rand.split("\n")
+    assert name == "event: random"
+    assert 0 <= json.loads(data.removeprefix("data: "))["value"] <= 99
+
+
+def test_ping_events_are_named_and_carry_utc_time(client):
+    response = client.get("/stream?interval=5&ping=0.02")
+    blocks = read_events(response, 4)
+    response.close()
+    ping = blocks[3]
+    assert ping.startswith("event: ping\ndata: ")
+    assert json.loads(ping.split("data: ")[1])["time"].endswith("Z")
+
+
+def test_finite_stream_ends_with_a_named_end_event(client):
+    response = client.get("/stream?interval=0.02&limit=3&ping=0")
+    body = response.get_data(as_text=True)
+    ids = [line for line in body.split("\n") if line.startswith("id: ")]
+    assert ids == ["id: 1", "id: 2", "id: 3"]
+    assert body.endswith('event: end\ndata: {"reason": "limit", "limit": 3}\n\n')
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "first_id"),
+    [
+        ({"Last-Event-ID": "41"}, "", 42),
+        ({}, "&lastEventId=9", 10),
+        ({"Last-Event-ID": "5"}, "&lastEventId=9", 6),  # the reconnect header wins
+        ({"Last-Event-ID": "not-a-number"}, "", 1),  # malformed: fresh, never refused
+        ({"Last-Event-ID": "-3"}, "", 1),
+    ],
+)
+def test_last_event_id_resumes_the_counter(client, headers, query, first_id):
+    response = client.get(f"/stream?interval=0.05{query}", headers=headers)
+    assert response.status_code == 200
+    _, counter = read_events(response, 2)
+    response.close()
+    assert counter.startswith(f"id: {first_id}\n")
+
+
+def test_resuming_past_the_limit_ends_at_once(client):
+    response = client.get("/stream?limit=3", headers={"Last-Event-ID": "3"})
+    body = response.get_data(as_text=True)
+    assert body == 'retry: 100\n\nevent: end\ndata: {"reason": "limit", "limit": 3}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("interval=abc", "interval"),
+        ("interval=0", "interval"),
+        ("interval=-1", "interval"),
+        ("interval=nan", "interval"),
+        ("interval=inf", "interval"),
+        ("interval=100000", "interval"),
+        ("limit=0", "limit"),
+        ("limit=2.5", "limit"),
+        ("limit=ten", "limit"),
+        ("ping=0.0001", "ping"),
+        ("ping=x", "ping"),
+    ],
+)
+def test_bad_query_parameters_get_400_naming_the_parameter(client, app, query, param):
+    response = client.get(f"/stream?{query}")
+    assert response.status_code == 400
+    assert response.json["error"]["param"] == param
+    assert param in response.json["error"]["message"]
+    assert app.extensions["open_streams"].count == 0
+
+
+def test_idle_stream_sends_heartbeat_comments(client):
+    response = client.get("/stream?interval=3600&ping=0")
+    _, _, _, heartbeat = read_events(response, 4)
+    response.close()
+    assert heartbeat == ": heartbeat"
+
+
+def test_closing_the_response_runs_the_cleanup(client, app):
+    response = client.get("/stream?interval=0.05")
+    read_events(response, 2)
+    assert client.get("/healthz").json["open_streams"] == 1
+    response.close()
+    assert client.get("/healthz").json["open_streams"] == 0
+
+
+def test_streams_past_the_cap_get_503_with_retry_after():
+    client = create_app({**FAST, "MAX_STREAMS": 2}).test_client()
+    open_ones = [client.get("/stream"), client.get("/stream")]
+    refused = client.get("/stream")
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"].isdigit()
+    assert "too many open streams" in refused.json["error"]["message"]
+    for response in open_ones:
+        read_events(response, 1)
+        response.close()
+    assert client.get("/stream").status_code == 200
+
+
+def test_healthz_reports_open_streams(client):
+    body = client.get("/healthz").json
+    assert body["status"] == "ok" and body["open_streams"] == 0 and body["max_streams"] > 0
+
+
+def test_cross_origin_is_off_by_default(client):
+    response = client.get("/healthz", headers={"Origin": "https://elsewhere.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_allow_listed_origin_gets_cors_and_its_preflight_passes():
+    client = create_app({**FAST, "CORS_ORIGINS": "https://a.example, https://b.example"}).test_client()
+    preflight = client.options("/stream", headers={
+        "Origin": "https://b.example",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "last-event-id",
+    })
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://b.example"
+    assert "Last-Event-ID" in preflight.headers["Access-Control-Allow-Headers"]
+    other = client.get("/healthz", headers={"Origin": "https://c.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert "Origin" in other.headers["Vary"]
+
+
+def test_unknown_path_answers_json_404(client):
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.json["error"]["type"] == "invalid_request_error"
+
+
+def test_page_only_runs_its_own_scripts(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("SSE_HEARTBEAT", "0"), ("SSE_HEARTBEAT", '"soon"'), ("SSE_MAX_STREAMS", "-1"),
+     ("SSE_X_ACCEL_BUFFERING", '"no"')],
+)
+def test_bad_setting_fails_at_start_naming_the_variable(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable):
+        create_app()
+
+
+def test_settings_come_from_sse_prefixed_environment(monkeypatch):
+    monkeypatch.setenv("SSE_HEARTBEAT", "7")
+    assert create_app().config["HEARTBEAT"] == 7
