@@ -155,6 +155,10 @@ def ticker(first, interval, limit, ping_every, heartbeat):
     not sent in a burst.
     """
     n = first
+    end = format_event(json.dumps({"reason": "limit", "limit": limit}), event="end")
+    if limit is not None and n > limit:  # resumed after the last event: nothing to re-run
+        yield end
+        return
     next_tick = time.monotonic()
     next_ping = next_tick + ping_every if ping_every else math.inf
     while True:
@@ -168,17 +172,17 @@ def ticker(first, interval, limit, ping_every, heartbeat):
                 continue
             now = time.monotonic()
         chunk = ""
-        if now >= next_tick:
-            if limit is not None and n > limit:
-                yield format_event(json.dumps({"reason": "limit", "limit": limit}), event="end")
-                return
-            chunk += format_event(json.dumps({"count": n, "time": utc_now()}), id=n)
-            chunk += format_event(json.dumps({"value": random.randrange(100)}), event="random")
-            n += 1
-            next_tick = max(next_tick + interval, now)
         if now >= next_ping:
             chunk += format_event(json.dumps({"time": utc_now()}), event="ping")
             next_ping = max(next_ping + ping_every, now)
+        if now >= next_tick:
+            chunk += format_event(json.dumps({"count": n, "time": utc_now()}), id=n)
+            chunk += format_event(json.dumps({"value": random.randrange(100)}), event="random")
+            if n == limit:
+                yield chunk + end
+                return
+            n += 1
+            next_tick = max(next_tick + interval, now)
         if chunk:  # empty when a timer woke us a hair early
             yield chunk
 

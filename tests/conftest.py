@@ -32,9 +32,9 @@ def gunicorn(tmp_path):
     """Start real gunicorn servers (gevent worker) for one test; stop them all after."""
     started = []
 
-    def start(env=None, args=()):
+    def start(env=None, args=(), port=None):
         settings = {f"SSE_{key}": str(value) for key, value in FAST.items()}
-        server = start_gunicorn(tmp_path, env={**settings, **(env or {})}, args=args)
+        server = start_gunicorn(tmp_path, env={**settings, **(env or {})}, args=args, port=port)
         started.append(server)
         return server
 
