@@ -15,7 +15,7 @@ export function drawChart(canvas, values, { capacity = 60, min = 0, max = 100 } 
   ctx.scale(ratio, ratio);
 
   const style = getComputedStyle(canvas);
-  const pad = 4; // keep the line's width inside the canvas at min and max
+  const pad = 5; // keep the line and the dot inside the canvas at min and max
   const x = (i) => pad + (i * (width - 2 * pad)) / (capacity - 1);
   const y = (v) => height - pad - ((v - min) * (height - 2 * pad)) / (max - min);
 
@@ -34,6 +34,15 @@ export function drawChart(canvas, values, { capacity = 60, min = 0, max = 100 } 
   ctx.beginPath();
   values.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
   ctx.stroke();
+
+  // A dot marks the newest value, so the first one shows before there is a line.
+  const last = values.length - 1;
+  if (last >= 0) {
+    ctx.fillStyle = style.color;
+    ctx.beginPath();
+    ctx.arc(x(last), y(values[last]), 4, 0, 2 * Math.PI);
+    ctx.fill();
+  }
 
   canvas.dataset.points = values.length;
 }
