@@ -12,6 +12,10 @@
  * (?lastEventId=41) and the server resumes after it.
  * https://html.spec.whatwg.org/multipage/server-sent-events.html#sse-processing-model
  *
+ * EventSource does not tell which answer made it give up, so a 400 or a 204
+ * (the standard's "stop reconnecting") is retried too, with the same backoff.
+ * To end a stream on purpose, send a last event and close() in its handler.
+ *
  * Usage:
  *   const stream = new ResilientEventSource("/stream", {
  *     onmessage: (event) => ...,          // events without an "event:" line
