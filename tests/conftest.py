@@ -1,10 +1,15 @@
 import pytest
-from servers import start_gunicorn
+from servers import need, start_gunicorn
 
 from app import create_app
 
 # Short periods so that no test waits a real second per event.
 FAST = {"HEARTBEAT": 0.2, "PING_INTERVAL": 0.1, "RETRY_MS": 100}
+
+# Debian's chromium with the flags measured in TOOLCHAIN.md: Playwright cannot
+# download its own browsers here, and these keep chromium quiet and offline.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +34,10 @@ def client(app):
 
 @pytest.fixture
 def gunicorn(tmp_path):
-    """Start real gunicorn servers (gevent worker) for one test; stop them all after."""
+    """Start real gunicorn servers (gevent worker) for one test; stop them all after.
+
+    ``port=`` restarts a server where an earlier one listened, as a deploy would.
+    """
     started = []
 
     def start(env=None, args=(), port=None):
@@ -41,3 +49,17 @@ def gunicorn(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(pytestconfig):
+    """Launch Debian's chromium for pytest-playwright (skip without it on a laptop, fail in CI)."""
+    return {"executable_path": need("chromium"), "args": CHROMIUM_ARGS,
+            "headless": not pytestconfig.getoption("--headed")}
+
+
+@pytest.fixture(scope="session")
+def base_url():
+    """No fixed base URL: every browser test starts its own server on a free port."""
+    need("chromium")
+    return None

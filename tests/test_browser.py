@@ -1,0 +1,231 @@
+"""The demo page in Debian's chromium against real gunicorn: live panels, Close and
+Reconnect, recovery after a restart and after a 502, and server text kept as text.
+
+The page's strict CSP forbids eval, so every page.wait_for_function and
+page.evaluate below passes a function expression, never a bare expression.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from playwright.sync_api import expect
+from servers import ROOT, Server, wait_until
+
+pytestmark = pytest.mark.browser
+
+# Milliseconds. Generous for a shared 2-core machine; every wait ends as soon as it holds.
+TIMEOUT = 10_000
+# How long a change that must not come is given to show up. The stream sends an
+# event every 0.05 s and the browser retries after 0.1 s (SSE_RETRY_MS), so a
+# stream that was still alive would show itself well within this.
+QUIET = 1_000
+
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+# Records every value #count shows, so a test can prove none was skipped or repeated.
+RECORD_COUNTS = """
+window.countsSeen = [];
+new MutationObserver((records) => {
+  for (const record of records) {
+    if (record.target.id !== "count") continue;
+    for (const node of record.addedNodes) window.countsSeen.push(node.textContent);
+  }
+}).observe(document, { childList: true, subtree: true });
+"""
+
+# Console errors a browser reports by itself while a server is away or answers 502.
+NETWORK_NOISE = re.compile(r"^(Failed to load resource|EventSource's response has)")
+
+
+@pytest.fixture
+def counts(page):
+    """Return a function giving every counter value the page has shown so far."""
+    page.add_init_script(RECORD_COUNTS)
+    return lambda: [int(v) for v in page.evaluate("() => window.countsSeen") if v.isdigit()]
+
+
+@pytest.fixture(autouse=True)
+def no_page_errors(page):
+    """Fail a test whose page threw, or broke the CSP (both are console errors)."""
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: msg.type == "error" and not NETWORK_NOISE.match(msg.text)
+            and errors.append(msg.text))
+    yield
+    assert errors == []
+
+
+@pytest.fixture
+def standin(tmp_path):
+    """Start tests/standin.py on a given port (see its docstring); stop it after the test."""
+    started = []
+
+    def start(port, mode):
+        url = f"http://127.0.0.1:{port}"
+        log = open(tmp_path / f"standin-{mode}-{port}.log", "w")
+        server = Server([sys.executable, str(ROOT / "tests" / "standin.py"), str(port), mode],
+                        url, url + "/ready", log=log)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def port_of(server):
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def log_text(server):
+    server.log.flush()
+    return Path(server.log.name).read_text()
+
+
+def stream_requests(server):
+    """The /stream requests in a server's access log (logged when each one has ended)."""
+    return re.findall(r'"GET (/stream[^ ]*) HTTP', log_text(server))
+
+
+def open_streams(server):
+    return httpx.get(server.url + "/healthz", timeout=5).json()["open_streams"]
+
+
+def wait_for_count(page, at_least):
+    page.wait_for_function(
+        "n => Number(document.querySelector('#count').textContent) >= n",
+        arg=at_least, timeout=TIMEOUT)
+    return int(page.text_content("#count"))
+
+
+def assert_counted_without_gaps(values):
+    assert values, "the counter never changed"
+    assert values == list(range(1, len(values) + 1)), f"skipped or repeated: {values}"
+
+
+def test_panels_show_counter_chart_pings_and_open_state(gunicorn, page, counts):
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.02")
+    expect(page.locator("#state")).to_have_text("open")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#chart').dataset.points) > 0", timeout=TIMEOUT)
+    early_points = int(page.get_attribute("#chart", "data-points"))
+
+    wait_for_count(page, 70)
+    expect(page.locator("#chart")).to_have_attribute("data-points", "60")  # the last 60 only
+    assert early_points < 60
+    expect(page.locator("#random-value")).to_have_text(re.compile(r"^\d\d?$"))
+    expect(page.locator("#pings li").first).to_have_text(ISO_TIME)
+    expect(page.locator("#pings li")).to_have_count(8)  # one ping every 0.1 s, capped at 8
+    expect(page.locator("#last-id")).to_have_text(re.compile(r"^\d+$"))
+    expect(page.locator("#reconnects")).to_have_text("0")
+    expect(page.locator("#stream-error")).to_be_hidden()
+    assert_counted_without_gaps(counts())
+
+
+def test_close_stops_the_stream_and_reconnect_resumes_after_the_last_id(gunicorn, page, counts):
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.05")
+    wait_for_count(page, 3)
+
+    page.click("#close")
+    expect(page.locator("#state")).to_have_text("closed")
+    wait_until(lambda: open_streams(server) == 0, timeout=5, what="the server to drop the stream")
+    stopped_at = int(page.text_content("#count"))
+    with pytest.raises(PlaywrightTimeoutError):
+        page.wait_for_function(
+            "n => document.querySelector('#count').textContent !== n", arg=str(stopped_at),
+            timeout=QUIET)
+    expect(page.locator("#state")).to_have_text("closed")
+    assert open_streams(server) == 0
+
+    page.click("#reconnect")
+    expect(page.locator("#state")).to_have_text("open")
+    wait_for_count(page, stopped_at + 3)
+    expect(page.locator("#reconnects")).to_have_text("1")
+    assert_counted_without_gaps(counts())  # a new EventSource, resumed by ?lastEventId=
+
+
+def test_finite_stream_ends_and_the_page_does_not_run_it_again(gunicorn, page, counts):
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.02&limit=5")
+    expect(page.locator("#count")).to_have_text("5")
+    expect(page.locator("#state")).to_have_text("closed")
+    expect(page.locator("#state-note")).to_contain_text("ended")
+    with pytest.raises(PlaywrightTimeoutError):
+        page.wait_for_function(
+            "() => document.querySelector('#state').textContent !== 'closed'", timeout=QUIET)
+    wait_until(lambda: stream_requests(server), timeout=5, what="the access log line")
+    assert stream_requests(server) == ["/stream?interval=0.02&limit=5"]
+    assert counts() == [1, 2, 3, 4, 5]
+
+
+def test_page_resumes_by_itself_after_a_restart_on_the_same_port(gunicorn, page, counts):
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.05")
+    wait_for_count(page, 3)
+
+    server.stop()
+    expect(page.locator("#state")).to_have_text("connecting")  # EventSource retries by itself
+    stopped_at = int(page.text_content("#count"))
+    gunicorn(port=port_of(server))
+
+    expect(page.locator("#state")).to_have_text("open", timeout=TIMEOUT)
+    wait_for_count(page, stopped_at + 3)
+    expect(page.locator("#reconnects")).to_have_text("1")
+    assert_counted_without_gaps(counts())
+
+
+def test_page_recovers_after_a_502_made_eventsource_give_up(gunicorn, standin, page, counts):
+    server = gunicorn()
+    port = port_of(server)
+    page.goto(server.url + "/?interval=0.05")
+    wait_for_count(page, 3)
+
+    server.stop()
+    proxy = standin(port, "502")
+    # A 502 makes EventSource give up for good (readyState CLOSED); only the
+    # page's own recovery can ask again, so a second request proves it does.
+    expect(page.locator("#state")).to_have_text("closed", timeout=TIMEOUT)
+    expect(page.locator("#state-note")).to_contain_text("next try")
+    wait_until(lambda: len(stream_requests(proxy)) >= 2, timeout=10,
+               what="the page to try again after the 502")
+    stopped_at = int(page.text_content("#count"))
+    proxy.stop()
+    gunicorn(port=port)
+
+    # The backoff has grown to about 1-2 s by now.
+    expect(page.locator("#state")).to_have_text("open", timeout=TIMEOUT)
+    wait_for_count(page, stopped_at + 3)
+    # A new EventSource cannot send Last-Event-ID: no gap means ?lastEventId= worked.
+    assert_counted_without_gaps(counts())
+
+
+def test_server_text_is_shown_as_text_never_parsed_as_html(gunicorn, standin, page):
+    # /stream only sends JSON the app builds from numbers and clock times, so no
+    # hostile text can pass through it. A stand-in on the same port plays a
+    # broken or compromised upstream: its events carry markup (tests/standin.py).
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.05")
+    wait_for_count(page, 1)
+    server.stop()
+    standin(port_of(server), "hostile")
+
+    expect(page.locator("#pings li").first).to_have_text("<img id=injected-ping src=x>",
+                                                        timeout=TIMEOUT)
+    expect(page.locator("#stream-error")).to_have_text(
+        'ignored a bad "message" event: <img id=injected-data src=x>')
+    expect(page.locator("#last-id")).to_have_text("<img id=injected-id src=x>")
+    expect(page.locator("[id^=injected]")).to_have_count(0)
+
+
+def test_page_parameters_pass_to_the_stream_and_a_typo_is_reported(gunicorn, page):
+    server = gunicorn(env={"SSE_PING_INTERVAL": "3600"})
+    page.goto(server.url + "/?interval=fast&ping=0.1")
+    expect(page.locator("#stream-error")).to_have_text("ignored ?interval=fast: not a number")
+    expect(page.locator("#state")).to_have_text("open")
+    expect(page.locator("#pings li").first).to_have_text(ISO_TIME)  # only ?ping=0.1 sends one
