@@ -5,12 +5,14 @@ with a deadline, never for a fixed sleep, and every process is stopped by the
 PID it was started with.
 """
 
+import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +51,28 @@ def wait_until(condition, timeout=10.0, interval=0.02, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def run_async(coroutine):
+    """asyncio.run() in a thread of its own, for async clients in sync tests.
+
+    Playwright's sync API leaves an event loop running in the main thread once a
+    browser test has run, and asyncio.run() refuses to start inside it.
+    """
+    result = {}
+
+    def target():
+        try:
+            result["value"] = asyncio.run(coroutine)
+        except BaseException as exc:  # re-raised in the test's own thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def answers(url):

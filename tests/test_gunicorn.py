@@ -8,7 +8,7 @@ from datetime import datetime
 
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
-from servers import wait_until
+from servers import run_async, wait_until
 
 
 def server_time(event):
@@ -72,7 +72,7 @@ def test_one_worker_serves_500_concurrent_streams(gunicorn):
             await asyncio.gather(*(one(client, r) for r in results))
             return results
 
-    results = asyncio.run(main())
+    results = run_async(main())
     assert all(r == [1, 2] for r in results), "a stream missed its first two events"
 
 
@@ -115,7 +115,9 @@ def test_dropped_clients_are_noticed_and_released(gunicorn):
 def test_stream_cap_answers_503_not_a_hang(gunicorn):
     server = gunicorn(env={"SSE_MAX_STREAMS": "3"})
     with httpx.Client(timeout=5) as client:
-        streams = [client.stream("GET", server.url + "/stream").__enter__() for _ in range(3)]
+        request = client.build_request("GET", server.url + "/stream")
+        streams = [client.send(request, stream=True) for _ in range(3)]
+        assert [r.status_code for r in streams] == [200, 200, 200]
         refused = client.get(server.url + "/stream")
         for response in streams:
             response.close()
