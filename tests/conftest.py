@@ -1,5 +1,5 @@
 import pytest
-from servers import start_gunicorn
+from servers import need, start_gunicorn
 
 from app import create_app
 
@@ -41,3 +41,18 @@ def gunicorn(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Debian's chromium: Playwright cannot download its own browser here."""
+    return {**browser_type_launch_args, "executable_path": need("chromium"),
+            "args": ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync"]}
+
+
+@pytest.fixture(scope="session")
+def base_url():
+    """None: each browser test opens its own server's URL (and pytest 9 does not warn)."""
+    return None
