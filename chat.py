@@ -271,6 +271,8 @@ class UpstreamModel:
                     put(error_event(self._refusal(response)))
                     return
                 for data in sse_data(utf8_text(response.iter_bytes())):
+                    if client.is_closed:  # our client left while we were still connecting
+                        return
                     if data == "[DONE]":
                         put(format_event(data))
                         return
