@@ -1,4 +1,4 @@
-# Two commands: `make run` serves the demo, `make test` runs every test.
+# Two commands: `make run` serves the demo, `make test` runs every test (pytest, then node).
 # Each creates .venv and installs the pinned requirements the first time.
 PYTHON ?= python3
 VENV := .venv
@@ -11,6 +11,7 @@ run: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
+	node --test tests/js/
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -2,7 +2,8 @@
 
 Run it:      gunicorn app:app          (reads gunicorn.conf.py beside this file)
 Watch it:    curl -N http://127.0.0.1:8000/stream
-Every endpoint is in this file, top to bottom; sse.py holds the wire format.
+Every endpoint is in this file, top to bottom; sse.py holds the wire format,
+chat.py the model behind /v1/chat/completions.
 """
 
 import json
@@ -16,6 +17,7 @@ from flask import Flask, Response, current_app, jsonify, render_template, reques
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import chat
 from sse import format_event, parse_last_event_id, with_heartbeat
 
 DEFAULTS = {
@@ -42,11 +44,27 @@ DEFAULTS = {
     # Send "X-Accel-Buffering: no" so Nginx passes each event on at once.
     # Only the buffering test turns it off, to prove the header matters.
     "X_ACCEL_BUFFERING": True,
+    # Seconds between the offline chat model's tokens: about a hosted model's
+    # pace, so the typewriter effect looks real. At most HEARTBEAT, because
+    # its writes are how it notices a gone client.
+    "CHAT_TOKEN_DELAY": 0.03,
+    # Largest chat request body in bytes; a bigger one gets 413 unread.
+    "CHAT_MAX_BODY": 64 * 1024,
+    # Seconds the upstream model may stay silent (connecting, or between two
+    # reads) before its stream ends with an error event.
+    "CHAT_UPSTREAM_TIMEOUT": 60,
+    # The real chat model, used only when a key is set. These three are read
+    # from the environment under the OpenAI SDK's own names, without SSE_.
+    "OPENAI_API_KEY": "",
+    "OPENAI_BASE_URL": "https://api.openai.com/v1",
+    "OPENAI_MODEL": "gpt-4o-mini",
 }
+OPENAI_SETTINGS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL")
 
 # Numeric settings and the smallest value each accepts.
 _NUMBERS = {"HEARTBEAT": 0.01, "RETRY_MS": 0, "PING_INTERVAL": 0.01, "MIN_INTERVAL": 0.001,
-            "MAX_INTERVAL": 0.001, "MAX_STREAMS": 0, "TRUST_PROXY": 0}
+            "MAX_INTERVAL": 0.001, "MAX_STREAMS": 0, "TRUST_PROXY": 0, "CHAT_TOKEN_DELAY": 0,
+            "CHAT_MAX_BODY": 1, "CHAT_UPSTREAM_TIMEOUT": 0.01}
 
 
 def create_app(config=None):
@@ -54,9 +72,14 @@ def create_app(config=None):
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("SSE")  # SSE_HEARTBEAT=5 sets HEARTBEAT, parsed as JSON
+    app.config.from_mapping({name: os.environ[name] for name in OPENAI_SETTINGS
+                             if os.environ.get(name)})
     app.config.from_mapping(config or {})
     check_config(app.config)
     app.extensions["open_streams"] = OpenStreams(app.config["MAX_STREAMS"])
+    # Chat streams also hold an open_streams slot, so this one never refuses.
+    app.extensions["chat_streams"] = OpenStreams(app.config["MAX_STREAMS"])
+    app.extensions["chat_model"] = chat.model_from_config(app.config)
     if app.config["TRUST_PROXY"]:
         n = app.config["TRUST_PROXY"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_prefix=n)
@@ -95,12 +118,41 @@ def create_app(config=None):
         body = with_heartbeat(retry_first(cfg["RETRY_MS"], ticks), on_close=open_streams.release)
         return event_stream_response(body)
 
+    @app.post("/v1/chat/completions")
+    def chat_completions():
+        """OpenAI's chat API, answered by the offline model or, with a key, the real one."""
+        messages, stream = chat.read_request(request, app.config["CHAT_MAX_BODY"])
+        model = app.extensions["chat_model"]
+        if not stream:
+            return model.complete(messages)
+        open_streams, chat_streams = app.extensions["open_streams"], app.extensions["chat_streams"]
+        if not open_streams.acquire():
+            return error(503, "too many open streams on this worker, retry later",
+                         headers={"Retry-After": "5"})
+        chat_streams.acquire()
+
+        def release():
+            chat_streams.release()
+            open_streams.release()
+
+        # No "retry:" first, unlike /stream: nobody reconnects a POST, and the
+        # openai client would read a retry-only block as an event without JSON.
+        return event_stream_response(with_heartbeat(model.stream(messages), on_close=release))
+
+    @app.get("/v1/models")
+    def models():
+        """The model that answers chat requests, in OpenAI's list shape."""
+        name = app.extensions["chat_model"].name
+        return {"object": "list",
+                "data": [{"id": name, "object": "model", "created": 0, "owned_by": "sse-demo"}]}
+
     @app.get("/healthz")
     def healthz():
         """Liveness, and how many streams this worker has open right now."""
         open_streams = app.extensions["open_streams"]
         return {"status": "ok", "pid": os.getpid(), "open_streams": open_streams.count,
-                "max_streams": open_streams.limit}
+                "max_streams": open_streams.limit,
+                "chat_streams": app.extensions["chat_streams"].count}
 
     @app.after_request
     def allow_listed_origins(response):
@@ -121,6 +173,11 @@ def create_app(config=None):
     def bad_parameter(exc):
         """A bad query parameter is the client's mistake: 400, naming the parameter."""
         return error(400, str(exc), param=exc.param)
+
+    @app.errorhandler(chat.ChatError)
+    def chat_error(exc):
+        """A refused chat request (400, 413, 415) or a failed upstream (502, 504)."""
+        return error(exc.status, str(exc), param=exc.param)
 
     @app.errorhandler(HTTPException)
     def http_error_as_json(exc):
@@ -255,6 +312,13 @@ def check_config(config):
         raise ValueError("SSE_CORS_ORIGINS must be a comma-separated list of origins")
     if not isinstance(config["X_ACCEL_BUFFERING"], bool):
         raise ValueError("SSE_X_ACCEL_BUFFERING must be true or false")
+    if config["CHAT_TOKEN_DELAY"] > config["HEARTBEAT"]:
+        raise ValueError("SSE_CHAT_TOKEN_DELAY must not exceed SSE_HEARTBEAT")
+    for name in OPENAI_SETTINGS:
+        if not isinstance(config[name], str):
+            raise ValueError(f"{name} must be a string")
+    if not config["OPENAI_BASE_URL"].startswith(("http://", "https://")):
+        raise ValueError("OPENAI_BASE_URL must start with http:// or https://")
 
 
 app = create_app()

@@ -1,0 +1,361 @@
+"""The model behind /v1/chat/completions: request checks, an offline model, a proxy.
+
+Both models speak OpenAI's streaming chat format
+(https://platform.openai.com/docs/api-reference/chat-streaming): one
+``chat.completion.chunk`` event per token, the first carrying
+``delta.role``, the last an empty delta with ``finish_reason``, then
+``data: [DONE]``. They are duck-typed: ``name``, ``complete(messages)`` for
+``stream: false`` and ``stream(messages)``, which yields SSE text, or None
+while it waits with nothing to send (``sse.with_heartbeat`` turns that into
+a heartbeat).
+
+>>> tokenize("Hello, streaming world")
+['Hello,', ' streaming', ' world']
+"""
+
+import codecs
+import json
+import queue
+import re
+import threading
+import time
+import uuid
+
+import httpx
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from sse import format_event
+
+ROLES = ("system", "developer", "user", "assistant")
+
+# What the offline model knows: a paragraph per topic, picked by words in the prompt.
+TOPICS = [
+    (("heartbeat", "idle", "timeout", "dead", "disconnect"),
+     "A quiet stream still writes a comment line, “: heartbeat”, every few seconds. Proxies see "
+     "traffic and keep the connection open, and writing to a client that has gone fails, so the "
+     "server notices and cleans up in a finally block."),
+    (("reconnect", "retry", "resume", "last-event-id"),
+     "EventSource reconnects by itself after the retry delay and sends the last id it saw in the "
+     "Last-Event-ID header, so the server can resume where it left off. A fetch reader, like "
+     "this chat, has to do that itself."),
+    (("nginx", "proxy", "buffer"),
+     "A proxy that buffers holds the whole answer back until it ends. Nginx passes each event "
+     "on at once when the app sends “X-Accel-Buffering: no”, which this app does."),
+    (("stop", "abort", "cancel"),
+     "The Stop button calls abort() on an AbortController: the browser closes the connection, "
+     "the server's next write fails, and the generator's finally block runs. With a real model "
+     "that closes the upstream request too, so no tokens are spent for nobody."),
+]
+ABOUT_SSE = (
+    "Server-Sent Events are one HTTP request and a very long response. The server answers with "
+    "“Content-Type: text/event-stream” and keeps writing events: a line such as “data: {...}” "
+    "and then a blank line. ChatGPT streams its answers this way: each event carries a few "
+    "characters in choices[0].delta.content, and “data: [DONE]” ends the stream.")
+
+
+class ChatError(Exception):
+    """A refused request or a failed upstream, answered with ``status`` in OpenAI's shape."""
+
+    def __init__(self, status, message, param=None):
+        super().__init__(message)
+        self.status, self.param = status, param
+
+
+def read_request(request, max_bytes):
+    """Check a chat request and return ``(messages, stream)``; raise ChatError if it is bad.
+
+    Every refusal happens here, before the first byte of an answer: once a
+    stream has started, its status is 200 whatever goes wrong later.
+    """
+    if not request.is_json:
+        raise ChatError(415, "Content-Type must be application/json")
+    # werkzeug stops reading a chunked body at max_content_length without an
+    # error, so allow one byte more: reading it means the body was too big.
+    request.max_content_length = max_bytes + 1
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:  # Content-Length said so: refused unread
+        raw = None
+    if raw is None or len(raw) > max_bytes:
+        raise ChatError(413, f"the request body must be at most {max_bytes} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, or nesting deeper than Python's stack
+        raise ChatError(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ChatError(400, "the request body must be a JSON object")
+    if not isinstance(body.get("model", ""), str):
+        raise ChatError(400, "model must be a string", "model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ChatError(400, "stream must be true or false", "stream")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ChatError(400, "messages must be a non-empty array", "messages")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise ChatError(400, f"{where} must be an object", where)
+        if message.get("role") not in ROLES:
+            raise ChatError(400, f"{where}.role must be one of: {', '.join(ROLES)}",
+                            f"{where}.role")
+        if message_text(message.get("content")) is None:
+            raise ChatError(400, f"{where}.content must be a string or an array of text parts",
+                            f"{where}.content")
+    return messages, stream
+
+
+def message_text(content):
+    """The text of a message: a string, or a list of ``{"type": "text"}`` parts; else None."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+            isinstance(part, dict) and part.get("type") == "text"
+            and isinstance(part.get("text"), str) for part in content):
+        return "".join(part["text"] for part in content)
+    return None
+
+
+def tokenize(text):
+    """Split text into word-sized tokens that keep their leading space, as GPT tokens do."""
+    return re.findall(r"\s*\S+", text)
+
+
+def model_from_config(config):
+    """The real model when OPENAI_API_KEY is set, else the offline one."""
+    if config["OPENAI_API_KEY"]:
+        return UpstreamModel(config["OPENAI_BASE_URL"], config["OPENAI_API_KEY"],
+                             config["OPENAI_MODEL"], config["CHAT_UPSTREAM_TIMEOUT"],
+                             config["HEARTBEAT"])
+    return OfflineModel(config["CHAT_TOKEN_DELAY"])
+
+
+class OfflineModel:
+    """A stand-in for a language model: no network, no weights, same prompt, same answer.
+
+    It writes a token every ``delay`` seconds, and configuration keeps that
+    below the heartbeat period, so it notices a gone client without heartbeats.
+    """
+
+    name = "sse-demo-offline"
+
+    def __init__(self, delay):
+        self.delay = delay
+
+    def complete(self, messages):
+        """The whole answer as one ``chat.completion`` object."""
+        tokens = tokenize(offline_answer(messages))
+        prompt_tokens = sum(len(tokenize(message_text(m["content"]))) for m in messages)
+        return {
+            "id": new_id(), "object": "chat.completion", "created": int(time.time()),
+            "model": self.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
+                      "total_tokens": prompt_tokens + len(tokens)},
+        }
+
+    def stream(self, messages):
+        """Yield the answer as events: the role, one token each, the stop, then [DONE]."""
+        chunk_id, created = new_id(), int(time.time())
+
+        def chunk(delta, finish_reason=None):
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return format_event(compact_json({
+                "id": chunk_id, "object": "chat.completion.chunk", "created": created,
+                "model": self.name, "choices": [choice]}))
+
+        yield chunk({"role": "assistant", "content": ""})  # also sends the headers at once
+        for token in tokenize(offline_answer(messages)):
+            time.sleep(self.delay)
+            yield chunk({"content": token})
+        yield chunk({}, finish_reason="stop")
+        yield format_event("[DONE]")
+
+
+def offline_answer(messages):
+    """What the offline model says: about SSE, shaped by the last user message."""
+    prompt = next((message_text(m["content"]) for m in reversed(messages) if m["role"] == "user"),
+                  "")
+    words = prompt.split()
+    quote = " ".join(words[:8]) + (" …" if len(words) > 8 else "")
+    opening = (f"You asked: “{quote}”. " if words else "") + (
+        "I am the offline demo model: no network, no weights, and the same answer to the same "
+        "prompt.")
+    lowered = prompt.lower()
+    topics = [text for keywords, text in TOPICS if any(word in lowered for word in keywords)]
+    closing = "Each word you just read arrived as its own event."
+    return "\n\n".join([opening, *(topics or [ABOUT_SSE]), closing])
+
+
+def new_id():
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def compact_json(value):
+    """JSON as OpenAI writes it: no spaces, and UTF-8 text as it is, not \\u escapes."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class UpstreamModel:
+    """The real thing: forward the conversation to an OpenAI-compatible API.
+
+    The key stays on the server: it is sent only upstream, in the
+    Authorization header, and scrubbed from any upstream message we pass on.
+    The upstream model is always ``model`` from the configuration, whatever
+    the client asks for: the server decides what its key pays for.
+    """
+
+    def __init__(self, base_url, api_key, model, timeout, heartbeat):
+        self.name = model
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.timeout, self.heartbeat = timeout, heartbeat
+        self._key = api_key
+        # Loading the CA bundle takes milliseconds: once here, not per request.
+        self._ssl = httpx.create_ssl_context()
+
+    def _client(self):
+        # timeout bounds connecting and each read: a stall past it is an error.
+        return httpx.Client(timeout=self.timeout, verify=self._ssl,
+                            headers={"Authorization": f"Bearer {self._key}"})
+
+    def _body(self, messages, stream):
+        return {"model": self.name, "messages": messages, "stream": stream}
+
+    def complete(self, messages):
+        """Ask without streaming and return the upstream's ``chat.completion`` as it is."""
+        with self._client() as client:
+            try:
+                response = client.post(self.url, json=self._body(messages, stream=False))
+            except httpx.HTTPError as exc:
+                status = 504 if isinstance(exc, httpx.TimeoutException) else 502
+                raise ChatError(status, self._failure(exc)) from None
+        if response.status_code != 200:
+            raise ChatError(502, self._refusal(response))
+        try:
+            return response.json()
+        except ValueError:
+            raise ChatError(502, "the upstream model answered with invalid JSON") from None
+
+    def stream(self, messages):
+        """Yield each upstream event as SSE text the moment it arrives, None while it is silent.
+
+        A helper thread (a greenlet under gevent) reads the upstream, so this
+        generator can wait on a queue for at most a heartbeat period: even while
+        the model is silent, a gone client is noticed. Then ``finally`` closes
+        the upstream connection, and the model stops generating for nobody.
+        """
+        events = queue.Queue()  # unbounded, yet small: one completion's events
+        client = self._client()
+        pump = threading.Thread(target=self._pump, args=(client, messages, events.put), daemon=True)
+        pump.start()
+        try:
+            while True:
+                try:
+                    event = events.get(timeout=self.heartbeat)
+                except queue.Empty:
+                    event = None  # a silent heartbeat period: with_heartbeat writes a comment
+                if event is END:
+                    return
+                yield event
+        finally:
+            client.close()  # wakes the pump's read with an error, under gevent at once
+
+    def _pump(self, client, messages, put):
+        """Read the upstream stream and put each event's SSE text, then END."""
+        try:
+            body = self._body(messages, stream=True)
+            with client.stream("POST", self.url, json=body) as response:
+                if response.status_code != 200:
+                    response.read()
+                    put(error_event(self._refusal(response)))
+                    return
+                for data in sse_data(utf8_text(response.iter_bytes())):
+                    if client.is_closed:  # our client left while we were still connecting
+                        return
+                    if data == "[DONE]":
+                        put(format_event(data))
+                        return
+                    payload = json.loads(data)
+                    if not isinstance(payload, dict):
+                        raise ValueError("an event that is not a JSON object")
+                    put(format_event(data))  # the upstream's JSON, unchanged
+                    if "error" in payload:  # already in OpenAI's error shape: pass it on, stop
+                        return
+                put(error_event("the upstream stream ended before [DONE]"))
+        except (httpx.HTTPError, ValueError) as exc:
+            if not client.is_closed:  # closed means our client left: nobody to tell
+                put(error_event(self._failure(exc)))
+        finally:
+            put(END)
+
+    def _failure(self, exc):
+        if isinstance(exc, httpx.TimeoutException):
+            return f"the upstream model sent nothing for {self.timeout} s"
+        if isinstance(exc, httpx.HTTPError):
+            return f"the connection to the upstream model failed: {type(exc).__name__}"
+        return "the upstream model sent an event that is not a JSON object"
+
+    def _refusal(self, response):
+        """Say why the upstream refused, in its own words, without any key in them."""
+        try:
+            reason = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = response.reason_phrase
+        reason = re.sub(r"sk-[\w*-]+", "sk-***", str(reason).replace(self._key, "***"))
+        return f"the upstream model answered {response.status_code}: {reason}"
+
+
+END = object()  # the pump's last word
+
+
+def error_event(message):
+    """An event in OpenAI's error shape: the openai client raises APIError on it."""
+    body = {"message": message, "type": "server_error", "param": None, "code": None}
+    return format_event(compact_json({"error": body}))
+
+
+def utf8_text(chunks):
+    """Decode byte chunks as UTF-8, even when a character is split between two chunks.
+
+    The standard fixes the encoding (whatever the Content-Type says), bad bytes
+    become U+FFFD, and a leading byte order mark is dropped.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    first = True
+    for chunk in chunks:
+        text = decoder.decode(chunk)
+        if first and text:
+            text, first = text.removeprefix("\ufeff"), False
+        yield text
+
+
+def sse_data(texts):
+    """Yield the data of each event in a text stream, as soon as its blank line arrives.
+
+    Follows the WHATWG steps for the fields we read:
+    https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
+    Lines end at CRLF, CR or LF (never ``str.splitlines()``, which also splits
+    on U+2028 and friends). Comments and other fields are skipped, and an event
+    the stream ends in the middle of is dropped.
+
+    >>> list(sse_data(["data: a\\r", "\\ndata: b\\n", ": ping\\n\\n", "data: c"]))
+    ['a\\nb']
+    """
+    pending, data = "", ""
+    for text in texts:
+        pending += text
+        # A CR at the very end may be half of a CRLF: keep it for the next chunk.
+        cut = len(pending) - pending.endswith("\r")
+        *lines, rest = re.split(r"\r\n|\r|\n", pending[:cut])
+        pending = rest + pending[cut:]
+        for line in lines:
+            if not line:
+                if data:
+                    yield data[:-1]
+                data = ""
+                continue
+            field, _, value = line.partition(":")
+            if field == "data":
+                data += value.removeprefix(" ") + "\n"
+

@@ -1,0 +1,393 @@
+"""/v1/chat/completions: the offline model, request checks, and the proxy to a real upstream.
+
+Request checks use Flask's test client. Streaming is tested on real gunicorn,
+read by the official openai client and by httpx-sse (never by our own parser);
+proxy mode talks to a fake OpenAI that is a real HTTP server (fake_upstream.py).
+"""
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from conftest import FAST
+from fake_upstream import TOKENS, FakeUpstream
+from httpx_sse import connect_sse
+from servers import free_port, start_gunicorn, wait_until
+
+from app import create_app
+
+URL = "/v1/chat/completions"
+USER = {"role": "user", "content": "How does ChatGPT stream its answers?"}
+KEY = "sk-test-0123456789abcdefSECRET"
+UPSTREAM_TIMEOUT = 2  # seconds a silent upstream is given in proxy mode
+
+
+@pytest.fixture
+def app():
+    return create_app({"TESTING": True, **FAST, "CHAT_TOKEN_DELAY": 0})
+
+
+def events_of(text):
+    """The data of each event in a complete, simple stream (one data line per event)."""
+    return [block.removeprefix("data: ") for block in text.split("\n\n") if block]
+
+
+def stream_counts(client):
+    health = client.get("/healthz").json
+    return health["open_streams"], health["chat_streams"]
+
+
+# --- The offline model, through the test client -----------------------------------------------
+
+def test_streamed_answer_is_chunks_then_stop_then_done(client):
+    response = client.post(URL, json={"model": "any-name", "messages": [USER], "stream": True})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    *chunks, done = events_of(response.get_data(as_text=True))
+    assert done == "[DONE]"
+    chunks = [json.loads(c) for c in chunks]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
+                                        "finish_reason": "stop"}
+    tokens = [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]]
+    assert len(tokens) > 20 and all(tokens)
+    whole = client.post(URL, json={"messages": [USER]}).json
+    assert "".join(tokens) == whole["choices"][0]["message"]["content"]
+
+
+def test_whole_answer_is_a_chat_completion_with_usage(client):
+    response = client.post(URL, json={"model": "gpt-4o", "messages": [USER], "stream": False})
+    assert response.status_code == 200
+    body = response.json
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] == "stop"
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == len(USER["content"].split())
+    assert usage["completion_tokens"] == len(choice["message"]["content"].split())
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_same_prompt_same_answer_and_the_answer_works_from_the_prompt(client):
+    def answer(content):
+        body = {"messages": [{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": content}]}
+        return client.post(URL, json=body).json["choices"][0]["message"]["content"]
+
+    assert answer("Tell me about heartbeats") == answer("Tell me about heartbeats")
+    assert answer("Tell me about heartbeats").startswith("You asked: “Tell me about heartbeats”.")
+    assert ": heartbeat" in answer("Tell me about heartbeats")
+    assert "AbortController" in answer([{"type": "text", "text": "How does Stop work?"}])
+    assert "text/event-stream" in answer("Hi")
+
+
+def test_models_lists_the_offline_model(client):
+    response = client.get("/v1/models")
+    assert response.status_code == 200
+    assert response.json["object"] == "list"
+    assert [m["id"] for m in response.json["data"]] == ["sse-demo-offline"]
+
+
+def test_closing_a_chat_stream_runs_the_cleanup(client):
+    response = client.post(URL, json={"messages": [USER], "stream": True})
+    next(response.iter_encoded())
+    assert stream_counts(client) == (1, 1)
+    response.close()
+    assert stream_counts(client) == (0, 0)
+
+
+def test_chat_streams_past_the_cap_get_503():
+    client = create_app({**FAST, "MAX_STREAMS": 1}).test_client()
+    first = client.post(URL, json={"messages": [USER], "stream": True})
+    next(first.iter_encoded())
+    refused = client.post(URL, json={"messages": [USER], "stream": True})
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    first.close()
+    assert stream_counts(client) == (0, 0)
+
+
+# --- Bad input: refused before anything streams, in OpenAI's error shape ------------------------
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": ["hi"]}, "messages[0]"),
+        ({"messages": [{"content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [USER, {"role": "user"}]}, "messages[1].content"),
+        ({"messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+         "messages[0].content"),
+        ({"messages": [USER], "model": 4}, "model"),
+        ({"messages": [USER], "stream": "true"}, "stream"),
+    ],
+)
+def test_bad_chat_request_gets_400_naming_the_parameter(client, body, param):
+    response = client.post(URL, json={"stream": True, **body})
+    assert response.status_code == 400
+    assert response.json["error"]["param"] == param
+    assert param in response.json["error"]["message"]
+    assert response.json["error"]["type"] == "invalid_request_error"
+    assert stream_counts(client) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{", b'{"messages": [}', b"", b'{"messages": "\xff"}', b"[" * 5000],
+    ids=["truncated", "malformed", "empty", "bad-utf8", "too-deep"],
+)
+def test_body_that_is_not_json_gets_400(client, raw):
+    response = client.post(URL, data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["error"]["message"] == "the request body is not valid JSON"
+
+
+def test_body_that_is_not_an_object_gets_400(client):
+    response = client.post(URL, json=[USER])
+    assert response.status_code == 400
+    assert "JSON object" in response.json["error"]["message"]
+
+
+def test_body_over_the_limit_gets_413():
+    client = create_app({**FAST, "CHAT_MAX_BODY": 1000}).test_client()
+    big = {"messages": [{"role": "user", "content": "x" * 1000}], "stream": True}
+    response = client.post(URL, json=big)
+    assert response.status_code == 413
+    assert "1000 bytes" in response.json["error"]["message"]
+    assert stream_counts(client) == (0, 0)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_content_type_gets_415(client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(URL, data=json.dumps({"messages": [USER]}), headers=headers)
+    assert response.status_code == 415
+    assert response.json["error"]["message"] == "Content-Type must be application/json"
+
+
+def test_get_gets_405_in_json(client):
+    response = client.get(URL)
+    assert response.status_code == 405
+    assert response.json["error"]["type"] == "invalid_request_error"
+
+
+# --- Configuration ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("SSE_CHAT_TOKEN_DELAY", "-1"), ("SSE_CHAT_TOKEN_DELAY", "20"), ("SSE_CHAT_MAX_BODY", "0"),
+     ("SSE_CHAT_UPSTREAM_TIMEOUT", '"long"')],
+)
+def test_bad_chat_setting_fails_at_start_naming_the_variable(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable):
+        create_app()
+
+
+def test_bad_upstream_url_fails_at_start(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", "api.openai.com/v1")
+    with pytest.raises(ValueError, match="OPENAI_BASE_URL"):
+        create_app()
+
+
+def test_a_key_in_the_environment_selects_the_real_model(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_MODEL", "gpt-test")
+    client = create_app(FAST).test_client()
+    assert [m["id"] for m in client.get("/v1/models").json["data"]] == ["gpt-test"]
+
+
+def unreachable_upstream_client():
+    config = {**FAST, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    return create_app(config).test_client()
+
+
+def test_unreachable_upstream_gets_502_without_streaming():
+    response = unreachable_upstream_client().post(URL, json={"messages": [USER]})
+    assert response.status_code == 502
+    assert "ConnectError" in response.json["error"]["message"]
+
+
+def test_unreachable_upstream_becomes_an_error_event_when_streaming():
+    client = unreachable_upstream_client()
+    response = client.post(URL, json={"messages": [USER], "stream": True})
+    [event] = events_of(response.get_data(as_text=True))
+    assert json.loads(event)["error"]["message"] == (
+        "the connection to the upstream model failed: ConnectError")
+    assert stream_counts(client) == (0, 0)
+
+
+# --- The offline model on real gunicorn ---------------------------------------------------------
+
+def test_openai_client_streams_from_the_app(gunicorn):
+    server = gunicorn(env={"SSE_CHAT_TOKEN_DELAY": "0.001"})
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="anything", max_retries=0)
+    stream = client.chat.completions.create(model="gpt-4o", messages=[USER], stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    whole = client.chat.completions.create(model="gpt-4o", messages=[USER])
+    assert streamed == whole.choices[0].message.content
+    assert whole.usage.completion_tokens == len(chunks) - 2
+    assert [m.id for m in client.models.list()] == ["sse-demo-offline"]
+
+
+def test_tokens_arrive_one_by_one_at_the_configured_pace(gunicorn):
+    delay = 0.01
+    server = gunicorn(env={"SSE_CHAT_TOKEN_DELAY": str(delay)})
+    with httpx.Client(timeout=10) as client:
+        body = {"messages": [USER], "stream": True}
+        with connect_sse(client, "POST", server.url + URL, json=body) as source:
+            arrivals = [time.monotonic() for _ in source.iter_sse()]
+    assert len(arrivals) > 30
+    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - 3) * delay, "tokens came in a burst"
+
+
+def test_chunked_body_over_the_limit_gets_413_on_gunicorn(gunicorn):
+    server = gunicorn(env={"SSE_CHAT_MAX_BODY": "1000"})
+    pieces = iter([b'{"messages": [{"role": "user", "content": "', b"x" * 2000, b'"}]}'])
+    response = httpx.post(server.url + URL, content=pieces,
+                          headers={"Content-Type": "application/json"})
+    assert response.request.headers["Transfer-Encoding"] == "chunked"
+    assert response.status_code == 413
+
+
+# --- Proxy mode: real gunicorn in front of a fake OpenAI on loopback ---------------------------
+
+@pytest.fixture(scope="module")
+def upstream():
+    fake = FakeUpstream()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream, tmp_path_factory):
+    env = {f"SSE_{key}": str(value) for key, value in FAST.items()}
+    env.update({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.url,
+                "OPENAI_MODEL": "fake-model", "SSE_CHAT_UPSTREAM_TIMEOUT": str(UPSTREAM_TIMEOUT)})
+    server = start_gunicorn(tmp_path_factory.mktemp("proxy"), env=env)
+    yield server
+    server.stop()
+
+
+def chat_events(server, prompt, on_event=None):
+    """POST a one-message chat to the app and return the data of every event it streams."""
+    events = []
+    with httpx.Client(timeout=10) as client:
+        body = {"model": "whatever", "messages": [{"role": "user", "content": prompt}],
+                "stream": True}
+        with connect_sse(client, "POST", server.url + URL, json=body) as source:
+            assert source.response.status_code == 200
+            for event in source.iter_sse():
+                events.append(event.data)
+                if on_event:
+                    on_event(event)
+    return events
+
+
+def content_of(events):
+    return "".join(json.loads(e)["choices"][0]["delta"].get("content", "")
+                   for e in events if e != "[DONE]" and "choices" in e)
+
+
+def chat_streams(server):
+    return httpx.get(server.url + "/healthz").json()["chat_streams"]
+
+
+def test_openai_client_streams_through_the_proxy(proxy, upstream):
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="not-the-real-key", max_retries=0)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "ok"}]
+    stream = client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "".join(TOKENS)
+    headers, body = upstream.requests[-1]
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert body == {"model": "fake-model", "messages": messages, "stream": True}
+
+
+def test_proxy_forwards_each_chunk_as_it_arrives(proxy, upstream):
+    received = []
+
+    def on_event(event):
+        received.append(time.monotonic())
+        upstream.go.put("next")  # only now does the upstream send the next chunk
+
+    upstream.sent.clear()
+    events = chat_events(proxy, "lockstep", on_event)
+    assert content_of(events) == "".join(TOKENS)
+    assert events[-1] == "[DONE]"
+    # received[0] is the role chunk; token k left the upstream at sent[k].
+    for sent, got in zip(upstream.sent, received[1:len(TOKENS) + 1], strict=True):
+        assert got - sent < 0.5, "a chunk was held back"
+    while not upstream.go.empty():
+        upstream.go.get()
+
+
+def test_upstream_refusal_becomes_an_error_event_without_the_key(proxy):
+    [event] = chat_events(proxy, "refuse")
+    message = json.loads(event)["error"]["message"]
+    assert message.startswith("the upstream model answered 401: Incorrect API key provided")
+    assert KEY not in message and "sk-abc" not in message
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+    stream = client.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "refuse"}], stream=True)
+    with pytest.raises(openai.APIError, match="answered 401"):
+        list(stream)
+    assert KEY not in proxy.output_hint()  # nor in gunicorn's logs
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        ("bad-json", "the upstream model sent an event that is not a JSON object"),
+        ("error-event", "overloaded"),
+        ("reset", "the connection to the upstream model failed: ReadError"),
+        ("silent", f"the upstream model sent nothing for {UPSTREAM_TIMEOUT} s"),
+    ],
+)
+def test_upstream_failure_mid_stream_ends_with_an_error_event(proxy, upstream, scenario, message):
+    started = time.monotonic()
+    events = chat_events(proxy, scenario)
+    assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(events[-1])["error"]["message"] == message
+    assert "[DONE]" not in events
+    if scenario == "silent":
+        assert time.monotonic() - started >= UPSTREAM_TIMEOUT
+    if scenario != "reset":  # the app hangs up on an upstream that is still connected
+        gone_scenario, _ = upstream.gone.get(timeout=5)
+        assert gone_scenario == scenario
+    wait_until(lambda: chat_streams(proxy) == 0, timeout=5, what="the chat stream to end")
+
+
+@pytest.mark.parametrize("scenario", ["drip", "silent"])
+def test_client_abort_closes_the_upstream_at_once(proxy, upstream, scenario):
+    body = {"messages": [{"role": "user", "content": scenario}], "stream": True}
+    with httpx.stream("POST", proxy.url + URL, json=body, timeout=10) as response:
+        lines = response.iter_lines()  # kept: a dropped iterator would close the connection
+        assert next(lines).startswith("data: ")
+        assert chat_streams(proxy) == 1
+    closed = time.monotonic()
+    gone_scenario, _ = upstream.gone.get(timeout=5)
+    assert gone_scenario == scenario
+    # "silent" sends nothing: only the heartbeat (0.2 s) can notice the client left,
+    # well before the upstream timeout would have ended the stream anyway.
+    assert time.monotonic() - closed < UPSTREAM_TIMEOUT / 2, "the upstream stayed connected"
+    wait_until(lambda: chat_streams(proxy) == 0, timeout=5, what="the chat stream to end")
+
+
+def test_whole_answer_through_the_proxy(proxy):
+    response = httpx.post(proxy.url + URL, json={"messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200
+    assert response.json()["model"] == "fake-model"
+    assert response.json()["choices"][0]["message"]["content"] == "hi"
