@@ -112,8 +112,7 @@ def create_app(config=None):
 
         open_streams = app.extensions["open_streams"]
         if not open_streams.acquire():
-            return error(503, "too many open streams on this worker, retry later",
-                         headers={"Retry-After": "5"})
+            return too_many_streams()
         ticks = ticker(first, interval, limit, ping, cfg["HEARTBEAT"])
         body = with_heartbeat(retry_first(cfg["RETRY_MS"], ticks), on_close=open_streams.release)
         return event_stream_response(body)
@@ -127,8 +126,7 @@ def create_app(config=None):
             return model.complete(messages)
         open_streams, chat_streams = app.extensions["open_streams"], app.extensions["chat_streams"]
         if not open_streams.acquire():
-            return error(503, "too many open streams on this worker, retry later",
-                         headers={"Retry-After": "5"})
+            return too_many_streams()
         chat_streams.acquire()
 
         def release():
@@ -182,7 +180,9 @@ def create_app(config=None):
     @app.errorhandler(HTTPException)
     def http_error_as_json(exc):
         """404, 405 and friends answer in the same JSON shape as every other error."""
-        return error(exc.code, exc.description)
+        # Keep the exception's own headers, such as a 405's Allow.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error(exc.code, exc.description, headers=headers)
 
     return app
 
@@ -298,6 +298,12 @@ def error(status, message, param=None, headers=None):
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
     return jsonify(body), status, headers or {}
+
+
+def too_many_streams():
+    """503 with Retry-After: the client comes back later instead of hanging now."""
+    return error(503, "too many open streams on this worker, retry later",
+                 headers={"Retry-After": "5"})
 
 
 def check_config(config):

@@ -165,6 +165,13 @@ def test_unknown_path_answers_json_404(client):
     assert response.json["error"]["type"] == "invalid_request_error"
 
 
+def test_wrong_method_answers_json_405_with_allow(client):
+    response = client.post("/stream")
+    assert response.status_code == 405
+    assert "GET" in response.headers["Allow"]
+    assert response.json["error"]["message"]
+
+
 def test_page_only_runs_its_own_scripts(client):
     response = client.get("/")
     assert response.status_code == 200
