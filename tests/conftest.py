@@ -1,5 +1,5 @@
 import pytest
-from servers import start_gunicorn
+from servers import need, start_gunicorn, start_nginx
 
 from app import create_app
 
@@ -41,3 +41,37 @@ def gunicorn(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """Start the shipped nginx.conf in front of a server for one test; stop it after."""
+    started = []
+
+    def start(upstream, replace=()):
+        server = start_nginx(tmp_path / f"nginx-{len(started)}", upstream.url, replace)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Launch Debian's chromium: Playwright cannot download its own browser here."""
+    return {
+        **browser_type_launch_args,
+        "executable_path": need("chromium"),
+        "headless": True,
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"],
+    }
+
+
+@pytest.fixture(scope="session")
+def base_url():
+    """No base URL: each browser test opens the server it started (and pytest 9 stays quiet)."""
+    return None
