@@ -124,8 +124,8 @@ def shipped_nginx_conf(upstream_port, http_port, https_port, replace=()):
     """The repository's nginx.conf, with only its ports and the given (old, new) lines changed.
 
     Every other path in it is relative to the prefix nginx runs from, so the
-    tests run the file we ship. Each line to change must occur exactly once,
-    so an edit to nginx.conf cannot silently turn a substitution into a no-op.
+    tests run the file we ship. A line to change must be there, so an edit to
+    nginx.conf cannot silently turn a substitution into a no-op.
     """
     text = (ROOT / "nginx.conf").read_text()
     for old, new in [
@@ -134,8 +134,8 @@ def shipped_nginx_conf(upstream_port, http_port, https_port, replace=()):
         ("listen 127.0.0.1:8443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;"),
         *replace,
     ]:
-        if text.count(old) != 1:
-            raise AssertionError(f"nginx.conf should contain {old!r} exactly once")
+        if old not in text:
+            raise AssertionError(f"nginx.conf no longer contains {old!r}")
         text = text.replace(old, new)
     return text
 
