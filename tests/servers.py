@@ -113,9 +113,10 @@ def start_gunicorn(log_dir, env=None, args=(), port=None):
     return Server(cmd, url, url + "/healthz", env=env, log=log)
 
 
-# The README's command for a local self-signed certificate, run from the nginx prefix.
+# The README's (and the Makefile's) command for a local self-signed certificate,
+# run from the nginx prefix.
 OPENSSL_CERT = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                "-nodes", "-days", "30", "-subj", "/CN=localhost",
+                "-nodes", "-days", "365", "-subj", "/CN=localhost",
                 "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
                 "-keyout", ".nginx/localhost.key", "-out", ".nginx/localhost.crt"]
 

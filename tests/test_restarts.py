@@ -237,6 +237,26 @@ def test_streams_end_within_their_jittered_lifetime_and_resume(gunicorn, nginx):
     assert_counters_continue(followers)
 
 
+def test_an_nginx_reload_closes_old_streams_after_worker_shutdown_timeout(gunicorn, nginx):
+    proxy = nginx(gunicorn(env=QUIET),
+                  replace=[("worker_shutdown_timeout 10s;", "worker_shutdown_timeout 1s;")])
+
+    async def scenario():
+        async with following(proxy.url + "/stream?interval=0.2&ping=0", 5) as followers:
+            await until(lambda: all(len(f.ids) >= 2 for f in followers), 10, "5 streams")
+            reload_at = time.monotonic()
+            proxy.send(signal.SIGHUP)
+            await until(lambda: all(f.ends_after(reload_at) for f in followers), 10,
+                        "the old nginx workers to let go of every stream")
+            await all_moved_on(followers, by=3)
+            return followers, reload_at
+
+    followers, reload_at = asyncio.run(scenario())
+    held = [f.ends_after(reload_at)[0] - reload_at for f in followers]
+    assert all(0.9 < t < 3 for t in held), f"streams held {held} s after the reload"
+    assert_counters_continue(followers)
+
+
 def test_stream_deadline_is_off_by_default_and_jittered_below_the_maximum():
     assert stream_deadline(0) == math.inf
     now = time.monotonic()
