@@ -46,8 +46,10 @@ DEFAULTS = {
     # Seconds after which a stream ends by itself and the client reconnects
     # (0 = never). Each stream draws its lifetime between 80 % and 100 % of it,
     # so clients that connected together (after a restart) do not all come back
-    # at once. Useful to spread clients over new workers or hosts; costs one
-    # reconnect per lifetime. Mercure closes streams the same way.
+    # at once. Spreads clients over new workers and hosts, and ends streams
+    # cleanly before a proxy that limits a response's total time cuts them; costs
+    # one reconnect per lifetime. (Mercure's hub closes streams after its
+    # write_timeout the same way.)
     "MAX_STREAM_SECONDS": 0,
 }
 

@@ -152,7 +152,8 @@ def start_nginx(prefix, upstream_url, replace=()):
     if not (prefix / "static").exists():
         (prefix / "static").symlink_to(ROOT / "static", target_is_directory=True)
     if not (prefix / ".nginx/localhost.crt").exists():
-        subprocess.run(OPENSSL_CERT, cwd=prefix, check=True, capture_output=True)
+        subprocess.run([need("openssl"), *OPENSSL_CERT[1:]], cwd=prefix, check=True,
+                       capture_output=True)
     upstream_port = int(upstream_url.rsplit(":", 1)[1])
     # Root's workers run as nobody, who cannot enter pytest's private temp dirs.
     directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
