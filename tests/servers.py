@@ -5,6 +5,8 @@ with a deadline, never for a fixed sleep, and every process is stopped by the
 PID it was started with.
 """
 
+import asyncio
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -57,6 +59,16 @@ def answers(url):
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def run_async(coroutine):
+    """asyncio.run() in a thread of its own; use it instead of asyncio.run() in tests.
+
+    Once a browser test has run, Playwright's sync API keeps an event loop
+    running in the main thread, and asyncio.run() there refuses to start.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 class Server:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
-from servers import wait_until
+from servers import run_async, wait_until
 
 
 def server_time(event):
@@ -72,7 +72,7 @@ def test_one_worker_serves_500_concurrent_streams(gunicorn):
             await asyncio.gather(*(one(client, r) for r in results))
             return results
 
-    results = asyncio.run(main())
+    results = run_async(main())
     assert all(r == [1, 2] for r in results), "a stream missed its first two events"
 
 

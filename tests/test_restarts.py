@@ -14,7 +14,9 @@ import signal
 import time
 
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
+from servers import run_async
 
 from app import create_app, stream_deadline
 
@@ -131,7 +133,7 @@ def test_reload_ends_every_stream_at_once_and_clients_resume_on_the_new_worker(
             await all_moved_on(followers, by=4)
             return followers, reload_at
 
-    followers, reload_at = asyncio.run(scenario())
+    followers, reload_at = run_async(scenario())
     slowest = max(f.ends_after(reload_at)[0] - reload_at for f in followers)
     assert slowest < 2, f"the last stream ended {slowest:.1f} s after the reload"
     assert not any(f.broken for f in followers), "a stream was cut instead of ended"
@@ -156,7 +158,7 @@ def test_without_the_hook_a_reload_waits_for_the_graceful_timeout(gunicorn, ngin
                         "every stream to end")
             return followers, reload_at
 
-    followers, reload_at = asyncio.run(scenario())
+    followers, reload_at = run_async(scenario())
     first = min(f.ends_after(reload_at)[0] - reload_at for f in followers)
     assert first > 2.5, f"a stream ended {first:.1f} s after the reload"
     assert all(f.broken for f in followers), "cut at the timeout, not ended"
@@ -165,7 +167,8 @@ def test_without_the_hook_a_reload_waits_for_the_graceful_timeout(gunicorn, ngin
 SSE_LINE = re.compile(r"(|retry: \d+|id: \d+|event: \w+|data: .*|: .*)")
 
 
-def test_sigterm_stops_gunicorn_within_5_s_and_ends_streams_cleanly(gunicorn, nginx):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_stopping_gunicorn_takes_under_5_s_and_ends_streams_cleanly(gunicorn, nginx, stop):
     upstream = gunicorn(env=QUIET)
     proxy = nginx(upstream)
     bodies, errors = [], []
@@ -185,12 +188,12 @@ def test_sigterm_stops_gunicorn_within_5_s_and_ends_streams_cleanly(gunicorn, ng
             readers = [asyncio.create_task(read(client)) for client in clients]
             await until(lambda: worker(upstream)[1] == CLIENTS, 30, f"{CLIENTS} streams")
             stop_at = time.monotonic()
-            upstream.send(signal.SIGTERM)
+            upstream.send(stop)
             await asyncio.gather(*readers)
             await until(lambda: upstream.proc.poll() is not None, 10, "gunicorn to exit")
             return time.monotonic() - stop_at
 
-    took = asyncio.run(scenario())
+    took = run_async(scenario())
     assert took < 5, f"gunicorn took {took:.1f} s to exit"
     assert errors == [], f"{len(errors)} streams were cut, e.g. {errors[0]}"
     for body in bodies:
@@ -213,7 +216,7 @@ def test_a_killed_worker_costs_its_clients_a_reconnect_not_an_event(gunicorn, ng
             await all_moved_on(followers, by=4)
             return followers
 
-    followers = asyncio.run(scenario())
+    followers = run_async(scenario())
     assert_counters_continue(followers)
     assert worker(upstream)[0] != killed_pid
 
@@ -228,7 +231,7 @@ def test_streams_end_within_their_jittered_lifetime_and_resume(gunicorn, nginx):
                         "two lifetimes on every stream")
             return followers
 
-    followers = asyncio.run(scenario())
+    followers = run_async(scenario())
     lifetimes = [end - start for f in followers  # the last stream of each may still be open
                  for start, end in zip(f.opened, f.ended, strict=False)]
     assert all(0.7 < t < 1.2 for t in lifetimes), sorted(lifetimes)
@@ -251,7 +254,7 @@ def test_an_nginx_reload_closes_old_streams_after_worker_shutdown_timeout(gunico
             await all_moved_on(followers, by=3)
             return followers, reload_at
 
-    followers, reload_at = asyncio.run(scenario())
+    followers, reload_at = run_async(scenario())
     held = [f.ends_after(reload_at)[0] - reload_at for f in followers]
     assert all(0.9 < t < 3 for t in held), f"streams held {held} s after the reload"
     assert_counters_continue(followers)
