@@ -7,7 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from flask import request
 from httpx_sse import connect_sse
+
+from app import create_app
 
 # Lines of nginx.conf swapped to build a proxy that holds events back. Measured
 # with nginx 1.22: buffering alone does not (it forwards each chunk of an HTTP/1.1
@@ -167,3 +170,19 @@ def test_the_demo_page_counts_through_nginx(gunicorn, nginx, page):
     first = int(count.text_content())
     page.wait_for_function(
         f"Number(document.querySelector('#count').textContent) > {first}", timeout=10_000)
+
+
+FORWARDED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https",
+             "X-Forwarded-Host": "example.org", "X-Forwarded-Port": "8443"}
+
+
+@pytest.mark.parametrize(("trust", "seen"), [
+    (1, "203.0.113.7 https://example.org:8443/where"),  # behind nginx: SSE_TRUST_PROXY=1
+    (0, "127.0.0.1 http://localhost/where"),  # direct: anyone could send those headers
+])
+def test_forwarded_headers_count_only_when_a_proxy_is_trusted(trust, seen):
+    app = create_app({"TESTING": True, "TRUST_PROXY": trust})
+    app.add_url_rule("/where", "where", lambda: f"{request.remote_addr} {request.url}")
+    response = app.test_client().get("/where", headers=FORWARDED)
+    assert response.status_code == 200
+    assert response.text == seen
