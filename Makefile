@@ -1,10 +1,13 @@
 # Two commands: `make run` serves the demo, `make test` runs every test (pytest, then node).
 # Each creates .venv and installs the pinned requirements the first time.
+# `make nginx`, next to `make run`, puts nginx.conf in front (README: Deploy behind Nginx).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Debian keeps nginx in /usr/sbin, which is not on a normal user's PATH.
+NGINX ?= $(or $(shell command -v nginx),/usr/sbin/nginx)
 
-.PHONY: run test lint bench
+.PHONY: run test lint bench nginx
 
 run: $(VENV)/.runtime
 	$(BIN)/gunicorn app:app
@@ -17,6 +20,17 @@ test: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+
+# http://127.0.0.1:8080 and https://127.0.0.1:8443 (HTTP/2); Ctrl-C stops it.
+nginx: .nginx/localhost.crt
+	$(NGINX) -p "$(CURDIR)" -c nginx.conf -g 'daemon off;'
+
+# A self-signed certificate for trying HTTP/2 locally; the browser will warn once.
+.nginx/localhost.crt:
+	mkdir -p .nginx
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+	  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout .nginx/localhost.key -out .nginx/localhost.crt
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)

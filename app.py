@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -58,13 +59,21 @@ DEFAULTS = {
     "OPENAI_API_KEY": "",
     "OPENAI_BASE_URL": "https://api.openai.com/v1",
     "OPENAI_MODEL": "gpt-4o-mini",
+    # Seconds after which a stream ends by itself and the client reconnects
+    # (0 = never). Each stream draws its lifetime between 80 % and 100 % of it,
+    # so clients that connected together (after a restart) do not all come back
+    # at once. Spreads clients over new workers and hosts, and ends streams
+    # cleanly before a proxy that limits a response's total time cuts them; costs
+    # one reconnect per lifetime. (Mercure's hub closes streams after its
+    # write_timeout the same way.)
+    "MAX_STREAM_SECONDS": 0,
 }
 OPENAI_SETTINGS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL")
 
 # Numeric settings and the smallest value each accepts.
 _NUMBERS = {"HEARTBEAT": 0.01, "RETRY_MS": 0, "PING_INTERVAL": 0.01, "MIN_INTERVAL": 0.001,
             "MAX_INTERVAL": 0.001, "MAX_STREAMS": 0, "TRUST_PROXY": 0, "CHAT_TOKEN_DELAY": 0,
-            "CHAT_MAX_BODY": 1, "CHAT_UPSTREAM_TIMEOUT": 0.01}
+            "CHAT_MAX_BODY": 1, "CHAT_UPSTREAM_TIMEOUT": 0.01, "MAX_STREAM_SECONDS": 0}
 
 
 def create_app(config=None):
@@ -80,9 +89,13 @@ def create_app(config=None):
     # Chat streams also hold an open_streams slot, so this one never refuses.
     app.extensions["chat_streams"] = OpenStreams(app.config["MAX_STREAMS"])
     app.extensions["chat_model"] = chat.model_from_config(app.config)
+    # Set when this worker is asked to stop (gunicorn.conf.py): open streams end
+    # at once instead of holding a reload up, and their clients reconnect to a
+    # live worker with Last-Event-ID. Importing app.py never sets it.
+    app.extensions["stopping"] = threading.Event()
     if app.config["TRUST_PROXY"]:
         n = app.config["TRUST_PROXY"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_prefix=n)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
     @app.get("/")
     def index():
@@ -113,7 +126,9 @@ def create_app(config=None):
         open_streams = app.extensions["open_streams"]
         if not open_streams.acquire():
             return too_many_streams()
-        ticks = ticker(first, interval, limit, ping, cfg["HEARTBEAT"])
+        ticks = ticker(first, interval, limit, ping, cfg["HEARTBEAT"],
+                       stop=app.extensions["stopping"],
+                       ends_at=stream_deadline(cfg["MAX_STREAM_SECONDS"]))
         body = with_heartbeat(retry_first(cfg["RETRY_MS"], ticks), on_close=open_streams.release)
         return event_stream_response(body)
 
@@ -202,7 +217,7 @@ def retry_first(retry_ms, chunks):
     yield from chunks
 
 
-def ticker(first, interval, limit, ping_every, heartbeat):
+def ticker(first, interval, limit, ping_every, heartbeat, stop, ends_at=math.inf):
     """Yield each tick's events as one chunk, None per idle heartbeat, then the end event.
 
     The counter event carries the id, so EventSource's Last-Event-ID is always
@@ -210,6 +225,9 @@ def ticker(first, interval, limit, ping_every, heartbeat):
     sticky, so they do not change it). Ticks follow a fixed schedule, so a
     stream does not drift; a tick missed while the client was slow is skipped,
     not sent in a burst.
+
+    The stream also ends, without an end event, when ``stop`` is set or at
+    ``ends_at`` (time.monotonic()): the client reconnects and resumes.
     """
     n = first
     end = format_event(json.dumps({"reason": "limit", "limit": limit}), event="end")
@@ -218,12 +236,17 @@ def ticker(first, interval, limit, ping_every, heartbeat):
         return
     next_tick = time.monotonic()
     next_ping = next_tick + ping_every if ping_every else math.inf
-    while True:
+    while not stop.is_set():
         now = time.monotonic()
-        wait = min(next_tick, next_ping) - now
+        if now >= ends_at:
+            return
+        wait = min(next_tick, next_ping, ends_at) - now
         if wait > 0:
-            # Never sleep past a heartbeat: waking up is how a dead client is noticed.
-            time.sleep(min(wait, heartbeat))
+            # Wait on `stop` rather than sleep, so a stopping worker ends its
+            # streams at once. Never wait past a heartbeat: waking up is how a
+            # dead client is noticed.
+            if stop.wait(min(wait, heartbeat)):
+                return
             if wait > heartbeat:
                 yield None
                 continue
@@ -242,6 +265,13 @@ def ticker(first, interval, limit, ping_every, heartbeat):
             next_tick = max(next_tick + interval, now)
         if chunk:  # empty when a timer woke us a hair early
             yield chunk
+
+
+def stream_deadline(max_seconds):
+    """When a new stream should end: a random 80-100 % of ``max_seconds`` from now (0 = never)."""
+    if not max_seconds:
+        return math.inf
+    return time.monotonic() + max_seconds * random.uniform(0.8, 1.0)
 
 
 def utc_now():

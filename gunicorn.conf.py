@@ -5,6 +5,7 @@ Every value can be changed from the environment, e.g. ``BIND=0.0.0.0:9000 gunico
 
 import os
 import resource
+import signal
 
 # Loopback by default: put Nginx (nginx.conf) in front before exposing it.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -27,8 +28,9 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 # worker does that from its own loop, so long streams do not trip it.
 timeout = int(os.environ.get("TIMEOUT", "30"))
 
-# Seconds a stopping worker (restart, reload, SIGTERM) waits for open requests.
-# A stream never finishes by itself, so a long wait only delays the restart.
+# Seconds a stopping worker (restart, reload, SIGTERM) waits for open requests
+# before cutting them. Streams end by themselves when told to (post_worker_init
+# below), so this only bounds how long other requests may take to finish.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "5"))
 
 # Seconds an idle keep-alive connection stays open between requests.
@@ -60,3 +62,32 @@ def on_starting(server):
     except (ValueError, OSError):  # macOS refuses more than its own cap, 10240
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(target, 10240)), hard))
     server.log.info("open-file limit: %s", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def post_worker_init(worker):
+    """Make a graceful stop (reload or SIGTERM) end this worker's open streams at once.
+
+    On a reload (kill -HUP) or a graceful stop (kill -TERM), the master sends
+    each worker SIGTERM. The worker stops accepting and waits up to
+    graceful_timeout for its requests to finish, but a stream never finishes by
+    itself, and no hook runs on SIGTERM: the stream would be cut at the end of
+    the wait. So we chain the worker's own handler with one that sets the app's
+    "stopping" event. Each stream then ends cleanly within a moment, and
+    EventSource reconnects, with Last-Event-ID, to a new worker.
+    """
+    stopping = worker.wsgi.extensions["stopping"]
+    gunicorn_handler = signal.getsignal(signal.SIGTERM)
+
+    def stop_streams_too(sig, frame):
+        gunicorn_handler(sig, frame)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop_streams_too)
+    # signal.signal() makes the signal interrupt system calls again; gunicorn
+    # turns that off so that a stop does not break a write in progress.
+    signal.siginterrupt(signal.SIGTERM, False)
+
+
+def worker_int(worker):
+    """On a quick stop (SIGINT, SIGQUIT) let streams end in the moment gunicorn waits."""
+    worker.wsgi.extensions["stopping"].set()

@@ -1,5 +1,5 @@
 import pytest
-from servers import need, start_gunicorn
+from servers import need, start_gunicorn, start_nginx
 
 from app import create_app
 
@@ -43,6 +43,21 @@ def gunicorn(tmp_path):
     def start(env=None, args=(), port=None):
         settings = {f"SSE_{key}": str(value) for key, value in FAST.items()}
         server = start_gunicorn(tmp_path, env={**settings, **(env or {})}, args=args, port=port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """Start the shipped nginx.conf in front of a server for one test; stop it after."""
+    started = []
+
+    def start(upstream, replace=()):
+        server = start_nginx(tmp_path / f"nginx-{len(started)}", upstream.url, replace)
         started.append(server)
         return server
 

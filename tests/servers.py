@@ -6,13 +6,13 @@ PID it was started with.
 """
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -53,34 +53,22 @@ def wait_until(condition, timeout=10.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
-def run_async(coroutine):
-    """asyncio.run() in a thread of its own, for async clients in sync tests.
-
-    Playwright's sync API leaves an event loop running in the main thread once a
-    browser test has run, and asyncio.run() refuses to start inside it.
-    """
-    result = {}
-
-    def target():
-        try:
-            result["value"] = asyncio.run(coroutine)
-        except BaseException as exc:  # re-raised in the test's own thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def answers(url):
     """True when ``url`` answers 200."""
     try:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def run_async(coroutine):
+    """asyncio.run() in a thread of its own; use it instead of asyncio.run() in tests.
+
+    Once a browser test has run, Playwright's sync API keeps an event loop
+    running in the main thread, and asyncio.run() there refuses to start.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 class Server:
@@ -135,3 +123,65 @@ def start_gunicorn(log_dir, env=None, args=(), port=None):
     cmd = [sys.executable, "-m", "gunicorn", "app:app", "--bind", f"127.0.0.1:{port}",
            "--access-logfile", "-", *args]
     return Server(cmd, url, url + "/healthz", env=env, log=log)
+
+
+# The README's (and the Makefile's) command for a local self-signed certificate,
+# run from the nginx prefix.
+OPENSSL_CERT = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-days", "365", "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout", ".nginx/localhost.key", "-out", ".nginx/localhost.crt"]
+
+
+def shipped_nginx_conf(upstream_port, http_port, https_port, replace=()):
+    """The repository's nginx.conf, with only its ports and the given (old, new) lines changed.
+
+    Every other path in it is relative to the prefix nginx runs from, so the
+    tests run the file we ship. A line to change must be there, so an edit to
+    nginx.conf cannot silently turn a substitution into a no-op.
+    """
+    text = (ROOT / "nginx.conf").read_text()
+    for old, new in [
+        ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};"),
+        ("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{http_port};"),
+        ("listen 127.0.0.1:8443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;"),
+        *replace,
+    ]:
+        if old not in text:
+            raise AssertionError(f"nginx.conf no longer contains {old!r}")
+        text = text.replace(old, new)
+    return text
+
+
+def start_nginx(prefix, upstream_url, replace=()):
+    """Run the shipped nginx.conf from ``prefix`` in front of ``upstream_url``.
+
+    Returns a Server with ``url`` (HTTP/1.1) and ``https_url`` (HTTP/2 over TLS).
+    """
+    nginx = need("nginx")
+    prefix = Path(prefix)
+    (prefix / ".nginx").mkdir(parents=True, exist_ok=True)
+    if not (prefix / "static").exists():
+        (prefix / "static").symlink_to(ROOT / "static", target_is_directory=True)
+    if not (prefix / ".nginx/localhost.crt").exists():
+        subprocess.run([need("openssl"), *OPENSSL_CERT[1:]], cwd=prefix, check=True,
+                       capture_output=True)
+    upstream_port = int(upstream_url.rsplit(":", 1)[1])
+    # Root's workers run as nobody, who cannot enter pytest's private temp dirs.
+    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+    for _ in range(3):  # a free port may be taken before nginx binds it
+        http_port, https_port = free_port(), free_port()
+        (prefix / "nginx.conf").write_text(
+            shipped_nginx_conf(upstream_port, http_port, https_port, replace))
+        log = open(prefix / f"nginx-{http_port}.log", "w")
+        url = f"http://127.0.0.1:{http_port}"
+        try:
+            server = Server([nginx, "-p", str(prefix), "-c", "nginx.conf", "-g", directives],
+                            url, url + "/healthz", cwd=prefix, log=log)
+        except RuntimeError as exc:
+            if "Address already in use" in str(exc):
+                continue
+            raise
+        server.https_url = f"https://127.0.0.1:{https_port}"
+        return server
+    raise RuntimeError("nginx found no free port in three tries")

@@ -1,0 +1,188 @@
+"""The shipped nginx.conf in front of real gunicorn: delivery, idle streams, HTTP/2, the page."""
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from flask import request
+from httpx_sse import connect_sse
+
+from app import create_app
+
+# Lines of nginx.conf swapped to build a proxy that holds events back. Measured
+# with nginx 1.22: buffering alone does not (it forwards each chunk of an HTTP/1.1
+# upstream), nor gzip alone (unbuffered proxying flushes it per chunk); buffering
+# with an HTTP/1.0 upstream or with gzip does. The app's X-Accel-Buffering header
+# undoes the buffering, so those tests turn it off too.
+BUFFERING_ON = ("proxy_buffering off;", "proxy_buffering on;")
+UPSTREAM_HTTP_1_0 = [("proxy_http_version 1.1;", "proxy_http_version 1.0;"), BUFFERING_ON]
+GZIP_ON_STREAMS = [("gzip off;", "gzip on; gzip_types text/event-stream;"), BUFFERING_ON]
+NO_ACCEL_HEADER = {"SSE_X_ACCEL_BUFFERING": "false"}
+
+
+def tick_delays(url, count=5):
+    """Read ``count`` counter events at 0.2 s; return, per event, arrival minus server stamp."""
+    delays = []
+    with httpx.Client(timeout=10) as client:
+        with connect_sse(client, "GET", f"{url}/stream?interval=0.2&limit={count}&ping=0",
+                         headers={"Accept-Encoding": "gzip"}) as source:
+            assert source.response.status_code == 200
+            for event in source.iter_sse():
+                if event.event == "message" and event.data:
+                    stamped = datetime.fromisoformat(json.loads(event.data)["time"]).timestamp()
+                    delays.append(time.time() - stamped)
+    assert len(delays) == count
+    return delays
+
+
+def assert_events_arrive_one_by_one(url):
+    delays = tick_delays(url)
+    assert max(delays) < 0.1, f"events held back: {[round(d, 3) for d in delays]} s late"
+
+
+def test_events_arrive_one_by_one_through_nginx(gunicorn, nginx):
+    proxy = nginx(gunicorn())
+    assert_events_arrive_one_by_one(proxy.url)
+
+
+@pytest.mark.parametrize("replace", [UPSTREAM_HTTP_1_0, GZIP_ON_STREAMS],
+                         ids=["http-1.0-upstream-buffered", "gzip-on-streams"])
+def test_a_buffering_proxy_fails_the_same_check(gunicorn, nginx, replace):
+    proxy = nginx(gunicorn(env=NO_ACCEL_HEADER), replace=replace)
+    with pytest.raises(AssertionError, match="events held back"):
+        assert_events_arrive_one_by_one(proxy.url)
+
+
+@pytest.mark.parametrize("replace", [UPSTREAM_HTTP_1_0, GZIP_ON_STREAMS],
+                         ids=["http-1.0-upstream-buffered", "gzip-on-streams"])
+def test_the_apps_accel_header_alone_undoes_that_buffering(gunicorn, nginx, replace):
+    proxy = nginx(gunicorn(), replace=replace)
+    assert_events_arrive_one_by_one(proxy.url)
+
+
+def test_nginx_serves_static_files_itself(gunicorn, nginx, tmp_path):
+    upstream = gunicorn()
+    static = tmp_path / "nginx-0" / "static"  # start_nginx links the repo's static/ unless present
+    static.mkdir(parents=True)
+    (static / "probe.js").write_text("export const probe = 1;\n")
+    proxy = nginx(upstream)
+    response = httpx.get(proxy.url + "/static/probe.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/javascript"  # what an ES module needs
+    assert response.text == "export const probe = 1;\n"
+    assert "/static/probe.js" not in Path(upstream.log.name).read_text()  # gunicorn never saw it
+
+
+# A short proxy read timeout keeps the idle-stream tests fast; the heartbeat is
+# set below it exactly as the defaults are (15 s heartbeat, 60 s timeout).
+READ_TIMEOUT_2S = [("proxy_read_timeout 60s;", "proxy_read_timeout 2s;")]
+
+
+def watch_idle_stream(url, seconds):
+    """Hold an idle stream (one tick, then nothing for 120 s) for up to ``seconds``.
+
+    Returns how long it stayed open and how many heartbeats arrived.
+    """
+    started = time.monotonic()
+    heartbeats = 0
+    try:
+        with httpx.stream("GET", url + "/stream?interval=120&ping=0", timeout=10) as response:
+            assert response.status_code == 200
+            for text in response.iter_text():
+                heartbeats += text.count(": heartbeat")
+                if time.monotonic() - started > seconds:
+                    break
+    except httpx.RemoteProtocolError:  # nginx closed the stream mid-body
+        pass
+    return time.monotonic() - started, heartbeats
+
+
+def test_heartbeats_keep_an_idle_stream_open_past_the_proxy_read_timeout(gunicorn, nginx):
+    proxy = nginx(gunicorn(env={"SSE_HEARTBEAT": "0.5"}), replace=READ_TIMEOUT_2S)
+    open_for, heartbeats = watch_idle_stream(proxy.url, seconds=4)
+    assert open_for > 4
+    assert heartbeats >= 6
+
+
+def test_without_heartbeats_the_proxy_cuts_an_idle_stream(gunicorn, nginx):
+    proxy = nginx(gunicorn(env={"SSE_HEARTBEAT": "3600"}), replace=READ_TIMEOUT_2S)
+    open_for, heartbeats = watch_idle_stream(proxy.url, seconds=8)
+    assert heartbeats == 0
+    assert 1.9 < open_for < 4, f"the stream lasted {open_for:.1f} s; the timeout is 2 s"
+
+
+OPEN_EIGHT_EVENT_SOURCES = """() => {
+    window.counts = [0, 0, 0, 0, 0, 0, 0, 0];
+    window.sources = window.counts.map((_, i) => {
+        const source = new EventSource("/stream?interval=0.1&ping=0");
+        source.onmessage = () => { window.counts[i] += 1; };
+        return source;
+    });
+}"""
+
+
+def receiving_event_sources(context, origin):
+    """Open 8 EventSources on one page of ``origin``; return each one's message count.
+
+    Waits until the open ones have each received 10 more messages, so a source
+    still silent by then is queued by the browser, not merely slow.
+    """
+    page = context.new_page()
+    assert page.goto(origin + "/healthz").status == 200  # a page on the same origin
+    page.evaluate(OPEN_EIGHT_EVENT_SOURCES)
+    page.wait_for_function("window.counts.filter(n => n > 0).length >= 6", timeout=10_000)
+    page.wait_for_function("Math.min(...window.counts.filter(n => n > 0)) >= 10",
+                           timeout=10_000)
+    counts = page.evaluate("window.counts")
+    page.evaluate("window.sources.forEach(source => source.close())")
+    return counts
+
+
+@pytest.mark.browser
+def test_over_http_1_1_a_page_gets_only_six_event_sources(gunicorn, nginx, browser):
+    proxy = nginx(gunicorn())
+    context = browser.new_context()
+    counts = receiving_event_sources(context, proxy.url)
+    context.close()
+    receiving = sum(n > 0 for n in counts)
+    assert receiving == 6, f"{receiving} of 8 EventSources received events: {counts}"
+
+
+@pytest.mark.browser
+def test_over_http_2_all_eight_event_sources_receive_events(gunicorn, nginx, browser):
+    proxy = nginx(gunicorn())
+    context = browser.new_context(ignore_https_errors=True)  # the self-signed certificate
+    counts = receiving_event_sources(context, proxy.https_url)
+    context.close()
+    assert all(n > 0 for n in counts), f"EventSources that received events: {counts}"
+
+
+@pytest.mark.browser
+def test_the_demo_page_counts_through_nginx(gunicorn, nginx, page):
+    proxy = nginx(gunicorn())
+    page.goto(proxy.url + "/?interval=0.1")
+    count = page.locator("#count")
+    page.wait_for_function("Number(document.querySelector('#count').textContent) >= 1",
+                           timeout=10_000)
+    first = int(count.text_content())
+    page.wait_for_function(
+        f"Number(document.querySelector('#count').textContent) > {first}", timeout=10_000)
+
+
+FORWARDED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https",
+             "X-Forwarded-Host": "example.org", "X-Forwarded-Port": "8443"}
+
+
+@pytest.mark.parametrize(("trust", "seen"), [
+    (1, "203.0.113.7 https://example.org:8443/where"),  # behind nginx: SSE_TRUST_PROXY=1
+    (0, "127.0.0.1 http://localhost/where"),  # direct: anyone could send those headers
+])
+def test_forwarded_headers_count_only_when_a_proxy_is_trusted(trust, seen):
+    app = create_app({"TESTING": True, "TRUST_PROXY": trust})
+    app.add_url_rule("/where", "where", lambda: f"{request.remote_addr} {request.url}")
+    response = app.test_client().get("/where", headers=FORWARDED)
+    assert response.status_code == 200
+    assert response.text == seen
