@@ -1,5 +1,5 @@
 import pytest
-from servers import start_gunicorn
+from servers import RedisServer, start_gunicorn
 
 from app import create_app
 
@@ -41,3 +41,11 @@ def gunicorn(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server for one test (``.url``, ``.stop()``, ``.start()``); stopped after."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
