@@ -159,11 +159,16 @@ def create_app(config=None):
         if not request.is_json:
             return error(415, "send the message as JSON, with Content-Type: application/json")
         limit = app.config["BROADCAST_MAX_BYTES"]
-        request.max_content_length = limit  # also stops a chunked body, which has no length
+        # Werkzeug cuts a chunked body (no Content-Length) short at the maximum without
+        # an error, so allow one byte more and look: a truncated JSON body would be a 400.
+        request.max_content_length = limit + 1
         try:
-            data, event = read_message(request.get_data())
-        except RequestEntityTooLarge:
+            body = request.get_data()
+        except RequestEntityTooLarge:  # the Content-Length said so before reading
+            body = None
+        if body is None or len(body) > limit:
             return error(413, f"a message may be at most {limit} bytes of JSON")
+        data, event = read_message(body)
         try:
             id = app.extensions["broker"].publish(data, event)
         except BrokerUnavailable:

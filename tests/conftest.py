@@ -1,5 +1,5 @@
 import pytest
-from servers import RedisServer, start_gunicorn
+from servers import RedisServer, need, start_gunicorn
 
 from app import create_app
 
@@ -49,3 +49,17 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Debian's chromium: playwright cannot download its own browsers on this machine."""
+    return {**browser_type_launch_args, "executable_path": need("chromium"), "args": [
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]}
+
+
+@pytest.fixture(scope="session")
+def base_url():
+    """Each test starts its own server; overriding this also silences a pytest 9 warning."""
+    return None
