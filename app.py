@@ -159,14 +159,8 @@ def create_app(config=None):
         if not request.is_json:
             return error(415, "send the message as JSON, with Content-Type: application/json")
         limit = app.config["BROADCAST_MAX_BYTES"]
-        # Werkzeug cuts a chunked body (no Content-Length) short at the maximum without
-        # an error, so allow one byte more and look: a truncated JSON body would be a 400.
-        request.max_content_length = limit + 1
-        try:
-            body = request.get_data()
-        except RequestEntityTooLarge:  # the Content-Length said so before reading
-            body = None
-        if body is None or len(body) > limit:
+        body = request_body(limit)
+        if body is None:
             return error(413, f"a message may be at most {limit} bytes of JSON")
         data, event = read_message(body)
         try:
@@ -312,6 +306,18 @@ def query_number(name, default, low, high, integer=False):
     if not (low <= value <= high):  # also rejects nan; inf fails the high bound
         raise BadParameter(name, f"{name} must be between {low} and {high}, got {raw!r}")
     return value
+
+
+def request_body(limit):
+    """Return the request body, or None when it is longer than ``limit`` bytes."""
+    # Werkzeug cuts a chunked body (no Content-Length) short at the maximum without
+    # an error: allow one byte more and look, or a cut-off JSON body would answer 400.
+    request.max_content_length = limit + 1
+    try:
+        body = request.get_data()
+    except RequestEntityTooLarge:  # the Content-Length said so, before reading
+        return None
+    return body if len(body) <= limit else None
 
 
 def read_message(body):
