@@ -63,3 +63,13 @@ def browser_type_launch_args(browser_type_launch_args):
 def base_url():
     """Each test starts its own server; overriding this also silences a pytest 9 warning."""
     return None
+
+
+def pytest_collection_modifyitems(items):
+    """Run the browser tests last.
+
+    Playwright's sync API leaves its event loop marked as running in the main
+    thread from the first browser test to the end of the session, and
+    asyncio.run() (the many-clients tests) refuses to start under it.
+    """
+    items.sort(key=lambda item: "browser" in item.fixturenames)  # stable: the rest keep order
