@@ -7,9 +7,9 @@ Two brokers with the same methods; create_app picks one:
   the clients of the worker that took the POST.
 - ``RedisBroker``: a Redis stream that every worker of every app instance reads.
 
-Both methods in one place::
+What both offer::
 
-    id = broker.publish(data, event=None)       # raises BrokerUnavailable
+    id = broker.publish(data, event=None)       # data: text; raises BrokerUnavailable
     sub = broker.subscribe(last_event_id=None)  # raises BrokerUnavailable
     sub.events(heartbeat)  # SSE text, or None after each idle heartbeat
     broker.unsubscribe(sub)
