@@ -3,9 +3,11 @@
 Run it:      gunicorn app:app          (reads gunicorn.conf.py beside this file)
 Watch it:    curl -N http://127.0.0.1:8000/stream
 Every endpoint is in this file, top to bottom; sse.py holds the wire format,
-chat.py the model behind /v1/chat/completions.
+chat.py the model behind /v1/chat/completions, broker.py the broadcast
+between workers.
 """
 
+import hmac
 import json
 import math
 import os
@@ -15,10 +17,11 @@ import time
 from datetime import UTC, datetime
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import chat
+from broker import BrokerUnavailable, MemoryBroker, RedisBroker
 from sse import format_event, parse_last_event_id, with_heartbeat
 
 DEFAULTS = {
@@ -67,6 +70,24 @@ DEFAULTS = {
     # one reconnect per lifetime. (Mercure's hub closes streams after its
     # write_timeout the same way.)
     "MAX_STREAM_SECONDS": 0,
+    # Empty: /broadcast lives in this process, right for one worker. Set it
+    # (redis://host:6379/0) to broadcast across workers and hosts. Read from
+    # REDIS_URL, the name hosting platforms and Redis tools use.
+    "REDIS_URL": "",
+    # Empty: anyone who can reach the app may POST /broadcast. Set it, from
+    # PUBLISH_TOKEN, before exposing the app; POST then needs "Bearer <token>".
+    "PUBLISH_TOKEN": "",
+    # Messages kept for replay. A client that reconnects with an older
+    # Last-Event-ID gets a reset event instead of what it missed.
+    "BROADCAST_HISTORY": 1000,
+    # Messages queued per subscriber. A client this far behind is disconnected
+    # (it reconnects and catches up from the history): memory stays bounded.
+    "BROADCAST_QUEUE": 100,
+    # Largest POST /broadcast body. With the history it bounds the memory the
+    # memory broker (or the Redis stream) keeps: 1000 x 16 KiB = 16 MiB.
+    "BROADCAST_MAX_BYTES": 16384,
+    # The Redis stream's key: give each app its own when several share a Redis.
+    "BROADCAST_STREAM": "sse:broadcast",
 }
 OPENAI_SETTINGS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL")
 
@@ -74,6 +95,8 @@ OPENAI_SETTINGS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL")
 _NUMBERS = {"HEARTBEAT": 0.01, "RETRY_MS": 0, "PING_INTERVAL": 0.01, "MIN_INTERVAL": 0.001,
             "MAX_INTERVAL": 0.001, "MAX_STREAMS": 0, "TRUST_PROXY": 0, "CHAT_TOKEN_DELAY": 0,
             "CHAT_MAX_BODY": 1, "CHAT_UPSTREAM_TIMEOUT": 0.01, "MAX_STREAM_SECONDS": 0}
+# Whole-number settings and the smallest value each accepts.
+_COUNTS = {"BROADCAST_HISTORY": 1, "BROADCAST_QUEUE": 1, "BROADCAST_MAX_BYTES": 1}
 
 
 def create_app(config=None):
@@ -83,6 +106,9 @@ def create_app(config=None):
     app.config.from_prefixed_env("SSE")  # SSE_HEARTBEAT=5 sets HEARTBEAT, parsed as JSON
     app.config.from_mapping({name: os.environ[name] for name in OPENAI_SETTINGS
                              if os.environ.get(name)})
+    for name in ("REDIS_URL", "PUBLISH_TOKEN"):  # conventional names, without the prefix
+        if name in os.environ:
+            app.config[name] = os.environ[name]
     app.config.from_mapping(config or {})
     check_config(app.config)
     app.extensions["open_streams"] = OpenStreams(app.config["MAX_STREAMS"])
@@ -93,6 +119,12 @@ def create_app(config=None):
     # at once instead of holding a reload up, and their clients reconnect to a
     # live worker with Last-Event-ID. Importing app.py never sets it.
     app.extensions["stopping"] = threading.Event()
+    history, queue_size = app.config["BROADCAST_HISTORY"], app.config["BROADCAST_QUEUE"]
+    if app.config["REDIS_URL"]:  # connects on first use, not here
+        app.extensions["broker"] = RedisBroker(
+            app.config["REDIS_URL"], app.config["BROADCAST_STREAM"], history, queue_size)
+    else:
+        app.extensions["broker"] = MemoryBroker(history, queue_size)
     if app.config["TRUST_PROXY"]:
         n = app.config["TRUST_PROXY"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
@@ -159,12 +191,55 @@ def create_app(config=None):
         return {"object": "list",
                 "data": [{"id": name, "object": "model", "created": 0, "owned_by": "sse-demo"}]}
 
+    @app.get("/broadcast")
+    def broadcast_stream():
+        """Every message published from now on; after Last-Event-ID, the missed ones first."""
+        broker, open_streams = app.extensions["broker"], app.extensions["open_streams"]
+        if not open_streams.acquire():
+            return too_many_streams()
+        try:
+            subscription = broker.subscribe(
+                request.headers.get("Last-Event-ID", request.args.get("lastEventId")))
+        except BrokerUnavailable:
+            open_streams.release()
+            return error(503, "the message broker is unavailable, retry later",
+                         headers={"Retry-After": "5"})
+
+        def closed():
+            broker.unsubscribe(subscription)
+            open_streams.release()
+
+        events = retry_first(app.config["RETRY_MS"], subscription.events(app.config["HEARTBEAT"]))
+        return event_stream_response(with_heartbeat(events, on_close=closed))
+
+    @app.post("/broadcast")
+    def publish():
+        """Publish {"data": any JSON, "event": "name"} to every subscriber; 202 with its id."""
+        token = app.config["PUBLISH_TOKEN"]
+        if token and not has_bearer_token(token):
+            return error(401, "publishing needs the header Authorization: Bearer <PUBLISH_TOKEN>",
+                         headers={"WWW-Authenticate": "Bearer"})
+        if not request.is_json:
+            return error(415, "send the message as JSON, with Content-Type: application/json")
+        limit = app.config["BROADCAST_MAX_BYTES"]
+        body = request_body(limit)
+        if body is None:
+            return error(413, f"a message may be at most {limit} bytes of JSON")
+        data, event = read_message(body)
+        try:
+            id = app.extensions["broker"].publish(data, event)
+        except BrokerUnavailable:
+            return error(503, "the message broker is unavailable; the message was not published",
+                         headers={"Retry-After": "5"})
+        return {"id": id}, 202
+
     @app.get("/healthz")
     def healthz():
-        """Liveness, and how many streams this worker has open right now."""
-        open_streams = app.extensions["open_streams"]
+        """Liveness, and how many streams and broadcast subscribers this worker has open."""
+        open_streams, broker = app.extensions["open_streams"], app.extensions["broker"]
         return {"status": "ok", "pid": os.getpid(), "open_streams": open_streams.count,
-                "max_streams": open_streams.limit,
+                "max_streams": open_streams.limit, "broker": broker.name,
+                "broadcast_subscribers": broker.subscribers,
                 "chat_streams": app.extensions["chat_streams"].count}
 
     @app.after_request
@@ -323,6 +398,59 @@ def query_number(name, default, low, high, integer=False):
     return value
 
 
+def request_body(limit):
+    """Return the request body, or None when it is longer than ``limit`` bytes."""
+    # Werkzeug cuts a chunked body (no Content-Length) short at the maximum without
+    # an error: allow one byte more and look, or a cut-off JSON body would answer 400.
+    request.max_content_length = limit + 1
+    try:
+        body = request.get_data()
+    except RequestEntityTooLarge:  # the Content-Length said so, before reading
+        return None
+    return body if len(body) <= limit else None
+
+
+def read_message(body):
+    """Return (data as JSON text, event name or None) from a POST /broadcast body.
+
+    Anything else raises BadParameter (400). NaN and Infinity are refused:
+    Python would write them back out, and no browser's JSON.parse reads them.
+    """
+    try:
+        message = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
+        raise BadParameter(None, "the body is not valid JSON") from None
+    if not isinstance(message, dict) or "data" not in message:
+        raise BadParameter("data", 'send an object like {"data": "hello", "event": "news"}')
+    unknown = sorted(message.keys() - {"data", "event"})
+    if unknown:  # most likely a typo, which would otherwise be silently ignored
+        raise BadParameter(unknown[0], f"unknown field {unknown[0]!r}: only data and event count")
+    event = message.get("event")
+    if event is not None:
+        # A line break would start a new field; "reset" is this server's own notice.
+        if not (isinstance(event, str) and 0 < len(event) <= 64 and event.isprintable()):
+            raise BadParameter("event", "event must be 1 to 64 characters, none of them a "
+                                        "line break or other control character")
+        if event == "reset":
+            raise BadParameter("event", "the event name reset is reserved for the server")
+    # Escaped JSON has no raw line breaks, so data goes out as a single data: line.
+    return json.dumps(message["data"], ensure_ascii=False), event
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def has_bearer_token(expected):
+    """True when the request carries ``Authorization: Bearer <expected>``.
+
+    compare_digest takes as long for a near miss as for a wild guess, so the
+    answer time does not give the token away one character at a time.
+    """
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), expected.encode())
+
+
 def error(status, message, param=None, headers=None):
     """An error answer in OpenAI's JSON shape, used by every endpoint of this app."""
     kind = "invalid_request_error" if status < 500 else "server_error"
@@ -355,6 +483,18 @@ def check_config(config):
             raise ValueError(f"{name} must be a string")
     if not config["OPENAI_BASE_URL"].startswith(("http://", "https://")):
         raise ValueError("OPENAI_BASE_URL must start with http:// or https://")
+    for key, low in _COUNTS.items():
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"SSE_{key} must be a whole number >= {low}, got {value!r}")
+    url = config["REDIS_URL"]
+    if not isinstance(url, str) or (url and not url.startswith(("redis://", "rediss://", "unix://"))):
+        # Not echoed: the URL may hold a password.
+        raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+    if not isinstance(config["PUBLISH_TOKEN"], str):
+        raise ValueError("PUBLISH_TOKEN must be a string")
+    if not isinstance(config["BROADCAST_STREAM"], str) or not config["BROADCAST_STREAM"]:
+        raise ValueError("SSE_BROADCAST_STREAM must be a non-empty Redis key")
 
 
 app = create_app()

@@ -62,6 +62,10 @@ def on_starting(server):
     except (ValueError, OSError):  # macOS refuses more than its own cap, 10240
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(target, 10240)), hard))
     server.log.info("open-file limit: %s", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    if server.cfg.workers > 1 and not os.environ.get("REDIS_URL"):
+        server.log.warning("%d workers and no REDIS_URL: a message POSTed to /broadcast reaches "
+                           "only the clients of the worker that took the POST",
+                           server.cfg.workers)
 
 
 def post_worker_init(worker):

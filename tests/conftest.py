@@ -1,5 +1,5 @@
 import pytest
-from servers import need, start_gunicorn, start_nginx
+from servers import RedisServer, need, start_gunicorn, start_nginx
 
 from app import create_app
 
@@ -66,6 +66,14 @@ def nginx(tmp_path):
         server.stop()
 
 
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server for one test (``.url``, ``.stop()``, ``.start()``); stopped after."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(pytestconfig):
     """Launch Debian's chromium for pytest-playwright (skip without it on a laptop, fail in CI)."""
@@ -78,3 +86,13 @@ def base_url():
     """No fixed base URL: every browser test starts its own server on a free port."""
     need("chromium")
     return None
+
+
+def pytest_collection_modifyitems(items):
+    """Run the browser tests last.
+
+    Playwright's sync API leaves its event loop marked as running in the main
+    thread from the first browser test to the end of the session, and
+    asyncio.run() (the many-clients tests) refuses to start under it.
+    """
+    items.sort(key=lambda item: "browser" in item.fixturenames)  # stable: the rest keep order

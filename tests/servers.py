@@ -185,3 +185,49 @@ def start_nginx(prefix, upstream_url, replace=()):
         server.https_url = f"https://127.0.0.1:{https_port}"
         return server
     raise RuntimeError("nginx found no free port in three tries")
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port: no persistence, restartable.
+
+    ``stop()`` then ``start()`` brings it back on the same port, empty, as a
+    Redis without persistence comes back after a crash.
+    """
+
+    def __init__(self, directory):
+        self.program = need("redis-server")
+        self.directory = Path(directory)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        log = open(self.directory / f"redis-{self.port}.log", "a")
+        self.proc = subprocess.Popen(
+            [self.program, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.proc.poll() is not None or self.ping(), timeout=10,
+                   what=f"redis-server on port {self.port}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {log.name}")
+
+    def ping(self):
+        """True when the server answers PING (spoken by hand: no client library needed)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self):
+        """Stop at once (SIGTERM: with nothing to save, redis exits right away) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

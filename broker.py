@@ -1,0 +1,344 @@
+"""Publish a message once, deliver it to every subscriber: in memory, or through Redis.
+
+Two brokers with the same methods; create_app picks one:
+
+- ``MemoryBroker``: this process only. Right for one worker (and the tests).
+  With several gunicorn workers each has its own, and a message reaches only
+  the clients of the worker that took the POST.
+- ``RedisBroker``: a Redis stream that every worker of every app instance reads.
+
+What both offer::
+
+    id = broker.publish(data, event=None)       # data: text; raises BrokerUnavailable
+    sub = broker.subscribe(last_event_id=None)  # raises BrokerUnavailable
+    sub.events(heartbeat)  # SSE text, or None after each idle heartbeat
+    broker.unsubscribe(sub)
+    broker.subscribers     # how many are open in this process
+
+Ids are Redis stream ids, ``<milliseconds>-<sequence>``, for both brokers: they
+order messages, and they are what a client sends back as Last-Event-ID. A
+client whose id is still in the history gets exactly what it missed. Any other
+id (aged out, from before a restart, malformed) gets a ``reset`` event, then
+the whole kept history, then live messages.
+
+A subscriber that falls a whole queue behind is dropped: its stream ends, its
+EventSource reconnects with Last-Event-ID and catches up from the history.
+Nobody waits for it, and it never holds more than its queue.
+"""
+
+import collections
+import json
+import logging
+import queue
+import re
+import threading
+import time
+
+from sse import format_event
+
+log = logging.getLogger(__name__)
+
+# Entries one XREAD may return: bounds the reader's memory per read.
+READ_BATCH = 100
+# How long one XREAD blocks in Redis before it is asked again.
+READ_BLOCK_MS = 5000
+# The reader's wait after a Redis error, doubling up to the maximum.
+RETRY_FIRST, RETRY_MAX = 0.1, 2.0
+# Redis connections per worker for publishing and replay (the reader has its
+# own). A reconnect storm of thousands of clients queues here instead of
+# opening thousands of connections to Redis.
+POOL_SIZE = 10
+
+# [0-9], not \d: \d also matches other scripts' digits.
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_TOO_SLOW = object()  # the last item of a dropped subscriber's queue
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot publish or replay right now (Redis is unreachable)."""
+
+
+def parse_id(text):
+    """Return an id as a comparable pair, or None when it is not ``<ms>-<seq>``.
+
+    >>> parse_id("1700000000000-3"), parse_id("42"), parse_id(None)
+    ((1700000000000, 3), None, None)
+    """
+    match = _STREAM_ID.fullmatch(text.strip()) if text else None
+    if match is None:
+        return None
+    key = int(match[1]), int(match[2])
+    return key if max(key) < 2**64 else None  # Redis ids are two 64-bit numbers
+
+
+def format_id(key):
+    """Return a pair as an id: ``format_id((1700000000000, 3))`` is ``'1700000000000-3'``."""
+    return f"{key[0]}-{key[1]}"
+
+
+def reset_event(key, history):
+    """The event for a client whose Last-Event-ID cannot be found in ``history``.
+
+    It says what was lost: everything after ``last_event_id`` and before
+    ``history_from``, the oldest message still kept, which comes next.
+    """
+    oldest = history[0][0] if history else None
+    aged_out = key is not None and oldest is not None and key < oldest
+    notice = {"reason": "aged-out" if aged_out else "unknown-id",
+              "last_event_id": format_id(key) if key else None,
+              "history_from": format_id(oldest) if oldest else None}
+    # No id: if the client drops now, it comes back with its old id and gets this again.
+    return format_event(json.dumps(notice), event="reset")
+
+
+class Subscription:
+    """One client: what to replay first, then a bounded queue of live messages."""
+
+    def __init__(self, queue_size):
+        self.queue = queue.Queue(queue_size)
+        self.backlog = []  # texts sent before any live message
+        self.after = (0, 0)  # live messages up to this id were already replayed
+
+    def replay(self, entries, reset=None):
+        """Send ``reset``, then these (key, text) entries, first; skip them if they come live."""
+        self.backlog = ([reset] if reset else []) + [text for _, text in entries]
+        if entries:
+            self.after = entries[-1][0]
+
+    def offer(self, key, text):
+        """Queue a live message without waiting; False when the queue is full."""
+        try:
+            self.queue.put_nowait((key, text))
+        except queue.Full:
+            return False
+        return True
+
+    def drop(self):
+        """Free the queued messages and leave only the marker that ends the stream."""
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.queue.put_nowait(_TOO_SLOW)
+
+    def events(self, heartbeat):
+        """Yield SSE text in id order, None after each idle heartbeat; end when dropped."""
+        yield from self.backlog
+        self.backlog = []
+        while True:
+            try:
+                # Never wait longer: a stream learns its client is gone only by writing.
+                item = self.queue.get(timeout=heartbeat)
+            except queue.Empty:
+                yield None
+                continue
+            if item is _TOO_SLOW:
+                return
+            key, text = item
+            if key > self.after:
+                self.after = key
+                yield text
+
+
+class Subscribers:
+    """This process's subscriptions, and a fan-out that never waits for one of them."""
+
+    def __init__(self, queue_size):
+        self._queue_size = queue_size
+        self._lock = threading.Lock()
+        self._open = set()
+
+    def __len__(self):
+        return len(self._open)
+
+    def add(self):
+        subscription = Subscription(self._queue_size)
+        with self._lock:
+            self._open.add(subscription)
+        return subscription
+
+    def discard(self, subscription):
+        with self._lock:
+            self._open.discard(subscription)
+
+    def send(self, key, text):
+        """Queue one formatted message for everyone; drop whoever has no room left."""
+        with self._lock:
+            too_slow = [s for s in self._open if not s.offer(key, text)]
+            for subscription in too_slow:
+                self._open.discard(subscription)
+                subscription.drop()
+        if too_slow:
+            log.info("dropped %d broadcast subscriber(s) a whole queue behind", len(too_slow))
+
+
+class MemoryBroker:
+    """Broadcast within this process, with the last ``history`` messages kept for replay."""
+
+    name = "memory"
+
+    def __init__(self, history=1000, queue_size=100):
+        self._history = collections.deque(maxlen=history)  # (key, text), oldest first
+        self._subscribers = Subscribers(queue_size)
+        self._lock = threading.Lock()  # one id order, one history, one fan-out order
+        self._last = (0, 0)
+
+    @property
+    def subscribers(self):
+        return len(self._subscribers)
+
+    def publish(self, data, event=None):
+        with self._lock:
+            now = time.time_ns() // 1_000_000
+            # Like Redis: milliseconds, then a sequence number within the same millisecond
+            # (or after the clock stepped back), so ids keep rising across restarts.
+            key = (now, 0) if now > self._last[0] else (self._last[0], self._last[1] + 1)
+            text = format_event(data, event=event, id=format_id(key))  # once, for everyone
+            self._history.append((key, text))
+            self._last = key
+            self._subscribers.send(key, text)
+        return format_id(key)
+
+    def subscribe(self, last_event_id=None):
+        # Under the lock, no message can fall between the replay and the queue.
+        with self._lock:
+            subscription = self._subscribers.add()
+            if last_event_id:
+                key = parse_id(last_event_id)
+                history = list(self._history)
+                keys = [k for k, _ in history]
+                if key in keys:
+                    subscription.replay(history[keys.index(key) + 1:])
+                else:
+                    subscription.replay(history, reset=reset_event(key, history))
+        return subscription
+
+    def unsubscribe(self, subscription):
+        self._subscribers.discard(subscription)
+
+
+class RedisBroker:
+    """Broadcast through a Redis stream, to every worker of every app instance.
+
+    Publishing is XADD with an exact MAXLEN, so the stream is the replay
+    history and its entry ids are the SSE ids. Each worker process runs one
+    reader, started by its first subscriber, that blocks in XREAD and hands
+    each entry, formatted once, to the local subscribers: one reading
+    connection per worker however many clients listen. When Redis goes away
+    the reader retries with backoff and reads on from the last id it saw.
+    """
+
+    name = "redis"
+
+    def __init__(self, url, stream="sse:broadcast", history=1000, queue_size=100):
+        import redis  # only a Redis deployment needs the package
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # Neither client connects before its first command: importing app.py stays quiet.
+        # One retry replaces a pooled connection that died with a Redis restart; more
+        # would hold a POST for seconds while Redis is down.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=5, decode_responses=True,
+            socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 1))
+        self._redis = redis.Redis(connection_pool=pool)
+        # The reader's socket timeout must outlast its blocking XREAD. Its own
+        # loop does the retrying, with backoff.
+        self._reader = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2,
+            socket_timeout=READ_BLOCK_MS / 1000 + 5, retry=Retry(NoBackoff(), 0))
+        self._stream = stream
+        self._history = history
+        self._subscribers = Subscribers(queue_size)
+        self._start_lock = threading.Lock()
+        self._reading = False
+
+    @property
+    def subscribers(self):
+        return len(self._subscribers)
+
+    def publish(self, data, event=None):
+        from redis import RedisError
+
+        fields = {"data": data} if event is None else {"data": data, "event": event}
+        try:
+            return self._redis.xadd(self._stream, fields, maxlen=self._history, approximate=False)
+        except RedisError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def subscribe(self, last_event_id=None):
+        from redis import RedisError
+
+        try:
+            self._start_reader()
+            # Join the fan-out before reading the history: a message published in
+            # between arrives both ways, and Subscription.after lets through one copy.
+            subscription = self._subscribers.add()
+            try:
+                if last_event_id:
+                    self._fill_replay(subscription, parse_id(last_event_id))
+            except RedisError:
+                self._subscribers.discard(subscription)
+                raise
+        except RedisError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        return subscription
+
+    def unsubscribe(self, subscription):
+        self._subscribers.discard(subscription)
+
+    def _fill_replay(self, subscription, key):
+        if key is not None:
+            since = self._entries(self._redis.xrange(self._stream, min=format_id(key)))
+            if since and since[0][0] == key:  # its id is still kept: it missed exactly the rest
+                subscription.after = key
+                subscription.replay(since[1:])
+                return
+        history = self._entries(self._redis.xrange(self._stream))
+        subscription.replay(history, reset=reset_event(key, history))
+
+    def _start_reader(self):
+        """Start this process's one reader at the newest entry, unless it runs already."""
+        with self._start_lock:
+            if self._reading:
+                return
+            newest = self._redis.xrevrange(self._stream, count=1)
+            position = newest[0][0] if newest else "0-0"
+            # Under gevent's patching (gunicorn's gevent worker) this thread is a greenlet.
+            threading.Thread(target=self._read_forever, args=(position,),
+                             name="broadcast-reader", daemon=True).start()
+            self._reading = True
+
+    def _read_forever(self, position):
+        from redis import RedisError
+
+        delay = RETRY_FIRST
+        while True:
+            try:
+                reply = self._reader.xread({self._stream: position}, count=READ_BATCH,
+                                           block=READ_BLOCK_MS)
+            except RedisError as exc:
+                log.warning("broadcast reader: %s; reading again from %s in %.1f s",
+                            exc, position, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = RETRY_FIRST
+            for _, entries in reply or []:
+                for key, text in self._entries(entries):
+                    self._subscribers.send(key, text)
+                position = entries[-1][0]
+
+    @staticmethod
+    def _entries(raw):
+        """Turn XRANGE/XREAD entries into (key, SSE text), skipping any not written by publish."""
+        entries = []
+        for entry_id, fields in raw:
+            try:
+                text = format_event(fields["data"], event=fields.get("event"), id=entry_id)
+            except (KeyError, ValueError) as exc:
+                log.warning("skipping stream entry %s: %r", entry_id, exc)
+                continue
+            entries.append((parse_id(entry_id), text))
+        return entries

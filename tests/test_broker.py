@@ -1,0 +1,186 @@
+"""broker.py on its own: both brokers, same behaviour (RedisBroker against a real redis-server)."""
+
+import itertools
+import json
+
+import pytest
+from servers import wait_until
+
+from broker import BrokerUnavailable, MemoryBroker, RedisBroker, parse_id
+
+HEARTBEAT = 0.05
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_broker(request, tmp_path):
+    """Build brokers of one kind; the Redis ones share a real redis-server."""
+    if request.param == "memory":
+        yield lambda history=1000, queue_size=100: MemoryBroker(history, queue_size)
+    else:
+        redis_server = request.getfixturevalue("redis_server")
+        yield lambda history=1000, queue_size=100: RedisBroker(
+            redis_server.url, "test:broadcast", history, queue_size)
+
+
+def take(subscription, count, timeout=5.0):
+    """The next ``count`` texts a subscription yields, skipping idle heartbeats."""
+    events = subscription.events(HEARTBEAT)
+    texts = []
+    for _ in range(int(timeout / HEARTBEAT) + count):
+        text = next(events)
+        if text is not None:
+            texts.append(text)
+            if len(texts) == count:
+                return texts
+    raise AssertionError(f"got {len(texts)} of {count} messages: {texts}")
+
+
+def ids(texts):
+    return [line[4:] for text in texts for line in text.split("\n") if line.startswith("id: ")]
+
+
+def test_subscribers_get_every_message_in_order_with_its_event_name(make_broker):
+    broker = make_broker()
+    first, second = broker.subscribe(), broker.subscribe()
+    sent = [broker.publish(json.dumps(n), event="news" if n % 2 else None) for n in range(5)]
+    for subscription in (first, second):
+        texts = take(subscription, 5)
+        assert ids(texts) == sent
+        assert texts[1] == f'event: news\nid: {sent[1]}\ndata: 1\n\n'
+        assert texts[0] == f'id: {sent[0]}\ndata: 0\n\n'
+
+
+def test_ids_rise_like_redis_stream_ids(make_broker):
+    broker = make_broker()
+    keys = [parse_id(broker.publish("x")) for _ in range(50)]
+    assert None not in keys
+    assert keys == sorted(set(keys))
+
+
+def test_a_new_subscriber_gets_only_what_comes_after_it(make_broker):
+    broker = make_broker()
+    broker.publish('"before"')
+    subscription = broker.subscribe()
+    after = broker.publish('"after"')
+    assert ids(take(subscription, 1)) == [after]
+
+
+def test_reconnecting_with_a_kept_id_replays_exactly_what_was_missed(make_broker):
+    broker = make_broker(history=5)
+    sent = [broker.publish(str(n)) for n in range(4)]
+    subscription = broker.subscribe(last_event_id=sent[1])
+    later = broker.publish("4")
+    assert ids(take(subscription, 3)) == [sent[2], sent[3], later]
+
+
+def test_reconnecting_with_the_newest_id_replays_nothing(make_broker):
+    broker = make_broker()
+    newest = [broker.publish(str(n)) for n in range(3)][-1]
+    subscription = broker.subscribe(last_event_id=newest)
+    later = broker.publish("3")
+    assert ids(take(subscription, 1)) == [later]
+
+
+def test_an_aged_out_id_gets_a_reset_then_the_kept_history(make_broker):
+    broker = make_broker(history=3)
+    sent = [broker.publish(str(n)) for n in range(6)]
+    subscription = broker.subscribe(last_event_id=sent[0])
+    reset, *kept = take(subscription, 4)
+    assert reset.startswith("event: reset\ndata: ")
+    assert "id:" not in reset  # a client dropping now still holds its old id
+    assert json.loads(reset.split("data: ")[1]) == {
+        "reason": "aged-out", "last_event_id": sent[0], "history_from": sent[3]}
+    assert ids(kept) == sent[3:]
+
+
+@pytest.mark.parametrize("last_event_id", ["garbage", "42", "99999999999999-0", "1-2-3",
+                                           "18446744073709551616-0"])
+def test_an_unknown_id_gets_a_reset_then_the_kept_history(make_broker, last_event_id):
+    broker = make_broker(history=3)
+    sent = [broker.publish(str(n)) for n in range(2)]
+    subscription = broker.subscribe(last_event_id=last_event_id)
+    reset, *kept = take(subscription, 3)
+    notice = json.loads(reset.split("data: ")[1])
+    assert notice["reason"] == "unknown-id"
+    assert notice["history_from"] == sent[0]
+    assert ids(kept) == sent
+
+
+def test_a_subscriber_a_whole_queue_behind_is_dropped_and_the_others_are_not(make_broker):
+    broker = make_broker(queue_size=3)
+    slow, fast = broker.subscribe(), broker.subscribe()
+    fast_events = fast.events(HEARTBEAT)
+    sent = []
+    for n in range(6):
+        sent.append(broker.publish(str(n)))
+        assert ids([next(fast_events)]) == [sent[-1]]  # the fast one reads each as it comes
+    wait_until(lambda: broker.subscribers == 1, timeout=5, what="the slow subscriber dropped")
+    # Its queue was emptied when it was dropped; its stream just ends.
+    assert list(slow.events(HEARTBEAT)) == []
+
+
+def test_a_message_is_formatted_once_for_every_subscriber(make_broker):
+    broker = make_broker()
+    subscriptions = [broker.subscribe() for _ in range(3)]
+    broker.publish('"shared"')
+    texts = [take(s, 1)[0] for s in subscriptions]
+    assert texts[0] is texts[1] is texts[2]
+
+
+def test_an_idle_subscription_yields_none_each_heartbeat(make_broker):
+    broker = make_broker()
+    events = broker.subscribe().events(HEARTBEAT)
+    assert list(itertools.islice(events, 3)) == [None, None, None]
+
+
+def test_unsubscribe_stops_delivery_and_the_count(make_broker):
+    broker = make_broker()
+    subscription = broker.subscribe()
+    assert broker.subscribers == 1
+    broker.unsubscribe(subscription)
+    assert broker.subscribers == 0
+    broker.publish("1")  # nobody to deliver to; must not fail
+
+
+def test_redis_broker_connects_on_first_use_and_reads_with_one_connection(redis_server):
+    import redis
+
+    watcher = redis.Redis.from_url(redis_server.url)
+    baseline = len(watcher.client_list())
+    broker = RedisBroker(redis_server.url)
+    assert len(watcher.client_list()) == baseline  # creating it opened nothing
+    subscriptions = [broker.subscribe() for _ in range(50)]
+    broker.publish('"x"')
+    for subscription in subscriptions:
+        take(subscription, 1)
+    # One reader, plus one pooled connection that started it and published.
+    assert len(watcher.client_list()) - baseline <= 2
+
+
+def test_redis_broker_raises_broker_unavailable_while_redis_is_down(redis_server):
+    broker = RedisBroker(redis_server.url)
+    kept = broker.publish('"kept"')
+    redis_server.stop()
+    with pytest.raises(BrokerUnavailable):
+        broker.publish('"lost"')
+    with pytest.raises(BrokerUnavailable):
+        broker.subscribe(last_event_id=kept)  # the replay needs Redis
+    assert broker.subscribers == 0  # the failed one was not left behind
+
+
+def test_redis_reader_survives_a_restart_and_delivers_what_follows(redis_server):
+    broker = RedisBroker(redis_server.url)
+    subscription = broker.subscribe()
+    first = broker.publish('"first"')
+    assert ids(take(subscription, 1)) == [first]
+    redis_server.stop()
+    redis_server.start()  # same port, empty, like a crash without persistence
+    after = wait_until(lambda: _try_publish(broker, '"after"'), timeout=10, what="publish")
+    assert ids(take(subscription, 1, timeout=10)) == [after]
+
+
+def _try_publish(broker, data):
+    try:
+        return broker.publish(data)
+    except BrokerUnavailable:
+        return None
