@@ -253,6 +253,7 @@ class RedisBroker:
         self._subscribers = Subscribers(queue_size)
         self._start_lock = threading.Lock()
         self._reading = False
+        self._closed = threading.Event()
 
     @property
     def subscribers(self):
@@ -288,6 +289,11 @@ class RedisBroker:
     def unsubscribe(self, subscription):
         self._subscribers.discard(subscription)
 
+    def close(self):
+        """Stop the reader (within one blocking read) and release the connections."""
+        self._closed.set()
+        self._redis.close()
+
     def _fill_replay(self, subscription, key):
         if key is not None:
             since = self._entries(self._redis.xrange(self._stream, min=format_id(key)))
@@ -314,14 +320,16 @@ class RedisBroker:
         from redis import RedisError
 
         delay = RETRY_FIRST
-        while True:
+        while not self._closed.is_set():
             try:
                 reply = self._reader.xread({self._stream: position}, count=READ_BATCH,
                                            block=READ_BLOCK_MS)
             except RedisError as exc:
+                if self._closed.is_set():
+                    break
                 log.warning("broadcast reader: %s; reading again from %s in %.1f s",
                             exc, position, delay)
-                time.sleep(delay)
+                self._closed.wait(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             delay = RETRY_FIRST
@@ -329,6 +337,7 @@ class RedisBroker:
                 for key, text in self._entries(entries):
                     self._subscribers.send(key, text)
                 position = entries[-1][0]
+        self._reader.close()
 
     @staticmethod
     def _entries(raw):

@@ -11,15 +11,28 @@ from broker import BrokerUnavailable, MemoryBroker, RedisBroker, parse_id
 HEARTBEAT = 0.05
 
 
+@pytest.fixture
+def redis_broker(redis_server):
+    """Build RedisBrokers on a real redis-server; stop their readers after the test."""
+    built = []
+
+    def build(stream="sse:broadcast", history=1000, queue_size=100):
+        built.append(RedisBroker(redis_server.url, stream, history, queue_size))
+        return built[-1]
+
+    yield build
+    for broker in built:
+        broker.close()
+
+
 @pytest.fixture(params=["memory", "redis"])
-def make_broker(request, tmp_path):
+def make_broker(request):
     """Build brokers of one kind; the Redis ones share a real redis-server."""
     if request.param == "memory":
         yield lambda history=1000, queue_size=100: MemoryBroker(history, queue_size)
     else:
-        redis_server = request.getfixturevalue("redis_server")
-        yield lambda history=1000, queue_size=100: RedisBroker(
-            redis_server.url, "test:broadcast", history, queue_size)
+        build = request.getfixturevalue("redis_broker")
+        yield lambda history=1000, queue_size=100: build("test:broadcast", history, queue_size)
 
 
 def take(subscription, count, timeout=5.0):
@@ -142,12 +155,13 @@ def test_unsubscribe_stops_delivery_and_the_count(make_broker):
     broker.publish("1")  # nobody to deliver to; must not fail
 
 
-def test_redis_broker_connects_on_first_use_and_reads_with_one_connection(redis_server):
+def test_redis_broker_connects_on_first_use_and_reads_with_one_connection(redis_server,
+                                                                          redis_broker):
     import redis
 
     watcher = redis.Redis.from_url(redis_server.url)
     baseline = len(watcher.client_list())
-    broker = RedisBroker(redis_server.url)
+    broker = redis_broker()
     assert len(watcher.client_list()) == baseline  # creating it opened nothing
     subscriptions = [broker.subscribe() for _ in range(50)]
     broker.publish('"x"')
@@ -157,8 +171,8 @@ def test_redis_broker_connects_on_first_use_and_reads_with_one_connection(redis_
     assert len(watcher.client_list()) - baseline <= 2
 
 
-def test_redis_broker_raises_broker_unavailable_while_redis_is_down(redis_server):
-    broker = RedisBroker(redis_server.url)
+def test_redis_broker_raises_broker_unavailable_while_redis_is_down(redis_server, redis_broker):
+    broker = redis_broker()
     kept = broker.publish('"kept"')
     redis_server.stop()
     with pytest.raises(BrokerUnavailable):
@@ -168,8 +182,8 @@ def test_redis_broker_raises_broker_unavailable_while_redis_is_down(redis_server
     assert broker.subscribers == 0  # the failed one was not left behind
 
 
-def test_redis_reader_survives_a_restart_and_delivers_what_follows(redis_server):
-    broker = RedisBroker(redis_server.url)
+def test_redis_reader_survives_a_restart_and_delivers_what_follows(redis_server, redis_broker):
+    broker = redis_broker()
     subscription = broker.subscribe()
     first = broker.publish('"first"')
     assert ids(take(subscription, 1)) == [first]

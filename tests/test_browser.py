@@ -92,7 +92,9 @@ def stream_requests(server):
 
 
 def open_streams(server):
-    return httpx.get(server.url + "/healthz", timeout=5).json()["open_streams"]
+    """Open /stream connections: the page's broadcast panel holds a stream of its own."""
+    health = httpx.get(server.url + "/healthz", timeout=5).json()
+    return health["open_streams"] - health["broadcast_subscribers"]
 
 
 def wait_for_count(page, at_least):
