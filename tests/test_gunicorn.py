@@ -1,6 +1,7 @@
 """/stream under real gunicorn with the gevent worker, read by an independent SSE client."""
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -114,11 +115,12 @@ def test_dropped_clients_are_noticed_and_released(gunicorn):
 
 def test_stream_cap_answers_503_not_a_hang(gunicorn):
     server = gunicorn(env={"SSE_MAX_STREAMS": "3"})
-    with httpx.Client(timeout=5) as client:
-        streams = [client.stream("GET", server.url + "/stream").__enter__() for _ in range(3)]
+    # The ExitStack keeps the three streams open: a context manager from
+    # client.stream() that is dropped right away closes its stream with it.
+    with httpx.Client(timeout=5) as client, contextlib.ExitStack() as streams:
+        for _ in range(3):
+            streams.enter_context(client.stream("GET", server.url + "/stream"))
         refused = client.get(server.url + "/stream")
-        for response in streams:
-            response.close()
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "5"
     assert refused.json()["error"]["type"] == "server_error"
