@@ -63,8 +63,8 @@ def bars(ax, rows, keys, title, unit, target=None):
             ax.bar(i + k * width, mid, width, yerr=[[low], [high]], capsize=3,
                    color=COLORS.get(row["server"], "gray"), alpha=1 - 0.35 * k,
                    label=label if i == 0 else None)
-            ax.annotate(f"{mid:,.3g}", (i + k * width, mid), ha="center", va="bottom",
-                        fontsize=8)
+            ax.annotate(f"{mid:,.0f}" if mid >= 100 else f"{mid:.3g}", (i + k * width, mid),
+                        ha="center", va="bottom", fontsize=8)
     ax.set_xticks([i + width * (len(keys) - 1) / 2 for i in range(len(rows))], servers)
     if target is not None:
         ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label="target")

@@ -20,6 +20,7 @@ import asyncio
 import http.client
 import json
 import math
+import re
 import resource
 import select
 import socket
@@ -48,7 +49,8 @@ STREAMS_PER_PROCESS = 7000
 
 COUNTER = b'{"count":'  # json.dumps writes {"count": 1, JSON.stringify {"count":1
 TIME_KEY = b'"time":'
-MARK = b"bench:"  # fan-out messages carry "bench:<seq>:<sent at>"
+MARK = b"bench:"  # fan-out messages carry "bench:<seq>:<sent at>", however the server wraps them
+MARK_RE = re.compile(rb"bench:(\d+):(\d+\.\d+)")
 
 
 def parse_url(url):
@@ -277,16 +279,12 @@ class SSEClient(asyncio.Protocol):
             self.delivered(done, now)
 
     def delivered(self, done, now):
-        at = done.find(MARK)
-        for _ in range(done.count(MARK)):
-            seq, sent = done[at + len(MARK):done.find(b"\n", at)].split(b":")[:2]
-            sent = float(sent.rstrip(b'"'))
-            latency = now - sent
-            entry = self.stats.deliveries.setdefault(int(seq), [0, 0.0])
+        for match in MARK_RE.finditer(done):
+            latency = now - float(match[2])
+            entry = self.stats.deliveries.setdefault(int(match[1]), [0, 0.0])
             entry[0] += 1
             entry[1] = max(entry[1], latency)
             self.stats.delivery.add(latency * 1000)
-            at = done.find(MARK, at + 1)
 
 
 def request_bytes(target, port):
@@ -592,7 +590,7 @@ def run_fanout(url, n, messages, gap, rates=(), step_seconds=5.0, p99_limit=1.0,
                 time.sleep(max(0.0, began + i / per_second - time.monotonic()))
                 statuses[publish(conn, target, seq)] += 1
                 seq += 1
-            achieved = (seq - first) / max(1e-9, time.monotonic() - began)
+            achieved = (seq - first - 1) / max(1e-9, time.monotonic() - began)  # n sends, n-1 gaps
             step = measure(range(first, seq), statuses, began, before, 2.0)
             step.update(rate=per_second, achieved_rate=round(achieved, 1))
             out["rates"].append(step)
