@@ -230,27 +230,28 @@ class SSEClient(asyncio.Protocol):
         """Strip HTTP/1.1 chunk framing (RFC 9112, section 7.1) from what arrived."""
         raw = self.raw + data if self.raw else data
         out = []
-        pos, size = 0, len(raw)
-        for _ in range(size + 1):  # each pass consumes bytes or stops
+        pos, size, left = 0, len(raw), self.left  # left: chunk data + its CRLF still to come
+        for _ in range(size):  # each pass consumes at least one byte, or stops
             if pos >= size:
                 break
-            if self.left:
-                take = min(self.left, size - pos)
-                out.append(raw[pos:pos + take])
+            if left:
+                take = min(left, size - pos)
+                data_bytes = min(take, left - 2)  # the last two bytes are the CRLF
+                if data_bytes > 0:
+                    out.append(raw[pos:pos + data_bytes])
                 pos += take
-                self.left -= take
+                left -= take
                 continue
             eol = raw.find(b"\r\n", pos)
             if eol < 0:
                 break
-            line = raw[pos:eol]
+            length = int(raw[pos:eol].split(b";", 1)[0], 16)
             pos = eol + 2
-            if line:  # an empty line is the CRLF that ends a chunk's data
-                self.left = int(line.split(b";", 1)[0], 16)
-                if not self.left:
-                    break  # the last chunk: the server ended the response
-        self.raw = raw[pos:]
-        return b"".join(out)
+            if not length:
+                break  # the last chunk: the server ended the response
+            left = length + 2
+        self.raw, self.left = raw[pos:], left
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def count(self, done, now, in_window):
         ticks = done.count(COUNTER)
