@@ -5,7 +5,7 @@ generator (bench/loadgen.py) on core 1, stops everything by PID, and writes
 bench/results/<scenario>.json plus bench/results/bench.png.
 
 Usage:
-    make bench                                   # the full run (about 40 minutes)
+    make bench                                   # the full run (about an hour)
     make bench-smoke                             # a small run that checks the plumbing
     .venv/bin/python bench/run.py --scenarios streams --streams 1000,5000 --duration 10
 
