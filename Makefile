@@ -1,13 +1,16 @@
 # Two commands: `make run` serves the demo, `make test` runs every test (pytest, then node).
 # Each creates .venv and installs the pinned requirements the first time.
 # `make nginx`, next to `make run`, puts nginx.conf in front (README: Deploy behind Nginx).
+# `make bench` runs the full benchmark, `make bench-smoke` a small one; extra options go in
+# BENCH_ARGS, e.g. make bench BENCH_ARGS="--scenarios streams".
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PEER := bench/peers/express
 # Debian keeps nginx in /usr/sbin, which is not on a normal user's PATH.
 NGINX ?= $(or $(shell command -v nginx),/usr/sbin/nginx)
 
-.PHONY: run test lint bench nginx
+.PHONY: run test lint bench bench-smoke nginx
 
 run: $(VENV)/.runtime
 	$(BIN)/gunicorn app:app
@@ -32,6 +35,12 @@ nginx: .nginx/localhost.crt
 	  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
 	  -keyout .nginx/localhost.key -out .nginx/localhost.crt
 
+bench: $(VENV)/.bench $(PEER)/node_modules/.package-lock.json
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-smoke: $(VENV)/.bench $(PEER)/node_modules/.package-lock.json
+	$(BIN)/python bench/run.py --smoke $(BENCH_ARGS)
+
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
@@ -41,3 +50,11 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime
+
+$(VENV)/.bench: $(VENV)/.runtime bench/requirements.txt
+	$(BIN)/pip install -q -r bench/requirements.txt
+	touch $@
+
+# npm ci installs exactly package-lock.json's tree, and only when it changed.
+$(PEER)/node_modules/.package-lock.json: $(PEER)/package-lock.json
+	cd $(PEER) && npm ci --no-audit --no-fund

@@ -44,7 +44,9 @@ preload_app = False
 # machine (tests, several apps) would take it from each other. We do not use it.
 control_socket_disable = True
 
-accesslog = os.environ.get("ACCESS_LOG", "-")
+# One line per request on stdout; ACCESS_LOG= (empty) turns it off, as a busy
+# server or a benchmark may want. gunicorn itself would take "" as a file name.
+accesslog = os.environ.get("ACCESS_LOG", "-") or None
 errorlog = "-"
 
 

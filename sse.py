@@ -43,23 +43,23 @@ def format_event(data="", event=None, id=None, retry=None):
     >>> format_event("x", retry=2000)
     'retry: 2000\\ndata: x\\n\\n'
     """
-    lines = []
+    fields = ""
     if event is not None:
         event = str(event)
         if _LINE_BREAK.search(event):
             raise ValueError("event name must not contain CR or LF")
-        lines.append(f"event: {event}")
+        fields += f"event: {event}\n"
     if id is not None:
         id = str(id)
         if _LINE_BREAK.search(id) or "\0" in id:
             raise ValueError("id must not contain CR, LF or NUL")
-        lines.append(f"id: {id}")
+        fields += f"id: {id}\n"
     if retry is not None:
         if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
             raise ValueError("retry must be a non-negative integer (milliseconds)")
-        lines.append(f"retry: {retry}")
-    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(str(data)))
-    return "\n".join(lines) + "\n\n"
+        fields += f"retry: {retry}\n"
+    # Every line break in the data starts the next data: line.
+    return fields + "data: " + _LINE_BREAK.sub("\ndata: ", str(data)) + "\n\n"
 
 
 def format_comment(text=""):
@@ -72,21 +72,35 @@ def format_comment(text=""):
 
 
 def with_heartbeat(chunks, on_close=None):
-    """Yield the chunks, a heartbeat comment for each idle None, then clean up.
+    """Yield the chunks as bytes, a heartbeat comment for each idle None, then clean up.
 
-    ``chunks`` yields text to send, or None after waiting a whole heartbeat
-    period with nothing to say. It must wait with a timeout: a generator
-    blocked in a wait without one never learns that its client is gone. A
-    heartbeat is real bytes, so writing it to a closed connection fails, the
-    server closes this generator, and ``on_close`` runs in ``finally``: however
-    the stream ends, its resources are released.
+    ``chunks`` yields text (or bytes) to send, or None after waiting a whole
+    heartbeat period with nothing to say. It must wait with a timeout: a
+    generator blocked in a wait without one never learns that its client is
+    gone. A heartbeat is real bytes, so writing it to a closed connection
+    fails, the server closes this generator, and ``on_close`` runs in
+    ``finally``: however the stream ends, its resources are released.
+
+    Text is encoded here because a WSGI server writes bytes (PEP 3333): the
+    body can then go to the server as it is, with no framework layer
+    re-encoding every event. Bytes, such as a broadcast formatted once for
+    every subscriber, pass through unchanged.
 
     The WSGI server starts iterating the body as soon as the view returns
     (gunicorn does), which is what makes ``finally`` reliable here.
+
+    >>> list(with_heartbeat(iter(["data: hi\\n\\n", None])))
+    [b'data: hi\\n\\n', b': heartbeat\\n\\n']
     """
+    heartbeat = HEARTBEAT.encode()
     try:
         for chunk in chunks:
-            yield HEARTBEAT if chunk is None else chunk
+            if chunk is None:
+                yield heartbeat
+            elif isinstance(chunk, str):
+                yield chunk.encode()
+            else:
+                yield chunk
     finally:
         if on_close is not None:
             on_close()

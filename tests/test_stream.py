@@ -134,6 +134,19 @@ def test_streams_past_the_cap_get_503_with_retry_after():
     assert client.get("/stream").status_code == 200
 
 
+def test_head_sends_the_headers_and_holds_no_stream_slot():
+    # Werkzeug answers HEAD without ever starting the body, so a slot taken
+    # for it would never be given back: three of these used to fill this cap.
+    client = create_app({**FAST, "MAX_STREAMS": 1}).test_client()
+    for _ in range(3):
+        response = client.head("/stream")
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        assert response.data == b""
+        response.close()
+    assert client.get("/healthz").json["open_streams"] == 0
+
+
 def test_healthz_reports_open_streams(client):
     body = client.get("/healthz").json
     assert body["status"] == "ok" and body["open_streams"] == 0 and body["max_streams"] > 0

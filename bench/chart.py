@@ -1,0 +1,124 @@
+"""Draw bench/results/bench.png from the JSON files bench/run.py wrote.
+
+Usage: .venv/bin/python bench/chart.py [RESULTS_DIR]
+Each point is the median over the repeats; the bar spans the lowest and the highest.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+COLORS = {"flask": "tab:blue", "express": "tab:orange", "flask-redis": "tab:green"}
+LABELS = {"flask": "Flask /stream, 1 gevent worker", "express": "Express peer (seeds' pattern)",
+          "flask-redis": "Flask, Redis, 2 workers"}
+
+
+def load(folder, scenario):
+    path = Path(folder) / f"{scenario}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def spread(row, key):
+    """(median, distance down to min, distance up to max) of one summary metric."""
+    cell = row.get(key)
+    if not cell:
+        return None
+    return cell["median"], cell["median"] - cell["min"], cell["max"] - cell["median"]
+
+
+def by_n(ax, data, key, title, unit, target=None, scale=1.0):
+    for server in COLORS:
+        rows = sorted((r for r in data["summary"] if r["server"] == server and spread(r, key)),
+                      key=lambda r: r["n"])
+        if not rows:
+            continue
+        xs = [r["n"] for r in rows]
+        mids, lows, highs = zip(*(spread(r, key) for r in rows), strict=True)
+        ax.errorbar(xs, [m * scale for m in mids],
+                    yerr=[[v * scale for v in lows], [v * scale for v in highs]],
+                    marker="o", capsize=3, color=COLORS[server], label=LABELS[server])
+    if target is not None:
+        ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label="target")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel(unit)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+
+
+def bars(ax, rows, keys, title, unit, target=None):
+    servers = [r["server"] for r in rows]
+    width = 0.8 / len(keys)
+    for k, (key, label) in enumerate(keys):
+        for i, row in enumerate(rows):
+            cell = spread(row, key)
+            if cell is None:
+                continue
+            mid, low, high = cell
+            ax.bar(i + k * width, mid, width, yerr=[[low], [high]], capsize=3,
+                   color=COLORS.get(row["server"], "gray"), alpha=1 - 0.35 * k,
+                   label=label if i == 0 else None)
+            ax.annotate(f"{mid:,.0f}" if mid >= 100 else f"{mid:.3g}", (i + k * width, mid),
+                        ha="center", va="bottom", fontsize=8)
+    ax.set_xticks([i + width * (len(keys) - 1) / 2 for i in range(len(rows))], servers)
+    if target is not None:
+        ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label="target")
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(unit)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def draw(folder):
+    """Write bench.png in ``folder`` with one panel per measured quantity; return its path."""
+    folder = Path(folder)
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8.5))
+    streams, saturation = load(folder, "streams"), load(folder, "saturation")
+    first, fanout = load(folder, "first-bytes"), load(folder, "fanout")
+    panels = iter(axes.flat)
+    if streams:
+        by_n(next(panels), streams, "cpu_ms_per_1000_ticks", "server CPU per 1000 ticks",
+             "ms of CPU")
+        by_n(next(panels), streams, "rss_per_stream_kb", "server RSS per stream", "KB",
+             target=16)
+        by_n(next(panels), streams, "lag_p99_ms", "delivery lag p99", "ms", target=20)
+        by_n(next(panels), streams, "delivered_ratio", "ticks delivered / expected", "%",
+             scale=100)
+    if saturation:
+        bars(next(panels), saturation["summary"], [("ticks_per_s", "ticks/s")],
+             f"saturation: {saturation['runs'][0]['n']} streams at "
+             f"interval={saturation['runs'][0]['interval']}", "ticks delivered per second")
+    if first:
+        bars(next(panels), first["summary"],
+             [("first_byte_p50_ms", "first byte p50"), ("first_byte_p99_ms", "first byte p99"),
+              ("first_event_p99_ms", "first event p99")],
+             "idle server, sequential connections", "ms", target=5)
+    if fanout and fanout["summary"]:
+        by_n(next(panels), fanout, "all_have_it_p99_ms", "fan-out: all subscribers have it, p99",
+             "ms")
+        by_n(next(panels), fanout, "max_rate_p99_under_limit",
+             "fan-out: max publish rate with p99 < 1 s", "messages/s")
+    for ax in panels:
+        ax.axis("off")
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles))
+    meta = next((d["meta"] for d in (streams, saturation, first, fanout) if d), {})
+    fig.suptitle(f"SSE benchmark, server on one core, load generator on the other — "
+                 f"{meta.get('date', '')} commit {meta.get('commit', '')}"
+                 f"{' (dirty)' if meta.get('dirty') else ''}", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    path = folder / "bench.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    print(draw(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results"))
