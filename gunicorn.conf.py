@@ -92,8 +92,3 @@ def post_worker_init(worker):
     # signal.signal() makes the signal interrupt system calls again; gunicorn
     # turns that off so that a stop does not break a write in progress.
     signal.siginterrupt(signal.SIGTERM, False)
-
-
-def worker_int(worker):
-    """On a quick stop (SIGINT, SIGQUIT) let streams end in the moment gunicorn waits."""
-    worker.wsgi.extensions["stopping"].set()

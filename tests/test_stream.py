@@ -1,11 +1,14 @@
 """/stream, /healthz and the page through Flask's test client (no server, no sleeps)."""
 
 import json
+import re
+from datetime import UTC, datetime
 
 import pytest
 from conftest import FAST
 
-from app import create_app
+from app import create_app, tick_events, utc_now
+from sse import format_event
 
 
 def read_events(response, count):
@@ -206,3 +209,20 @@ def test_bad_setting_fails_at_start_naming_the_variable(monkeypatch, variable, v
 def test_settings_come_from_sse_prefixed_environment(monkeypatch):
     monkeypatch.setenv("SSE_HEARTBEAT", "7")
     assert create_app().config["HEARTBEAT"] == 7
+
+
+@pytest.mark.parametrize(("count", "value"), [(1, 0), (42, 99), (10**12, 7)])
+def test_tick_events_are_exactly_what_format_event_would_write(count, value):
+    stamp = utc_now()
+    general = (format_event(json.dumps({"count": count, "time": stamp}), id=count)
+               + format_event(json.dumps({"value": value}), event="random"))
+    assert tick_events(count, stamp, value) == general.encode()
+
+
+def test_utc_now_is_iso_8601_utc_with_milliseconds():
+    before = datetime.now(UTC)
+    stamp = utc_now()
+    after = datetime.now(UTC)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+    parsed = datetime.fromisoformat(stamp)
+    assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= parsed <= after
