@@ -94,6 +94,7 @@ OPENAI_SETTINGS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL")
 # Numeric settings and the smallest value each accepts.
 # Longest a stream sleeps before it checks whether its worker is stopping (seconds).
 STOP_CHECK = 1.0
+WAKE_GRAIN = 0.01
 
 _NUMBERS = {"HEARTBEAT": 0.01, "RETRY_MS": 0, "PING_INTERVAL": 0.01, "MIN_INTERVAL": 0.001,
             "MAX_INTERVAL": 0.001, "MAX_STREAMS": 0, "TRUST_PROXY": 0, "CHAT_TOKEN_DELAY": 0,
@@ -163,10 +164,11 @@ def create_app(config=None):
         open_streams = app.extensions["open_streams"]
         if not open_streams.acquire():
             return too_many_streams()
-        ticks = ticker(first, interval, limit, ping, cfg["HEARTBEAT"], cfg["RETRY_MS"],
-                       stop=app.extensions["stopping"],
-                       ends_at=stream_deadline(cfg["MAX_STREAM_SECONDS"]))
-        return event_stream_response(with_heartbeat(ticks, on_close=open_streams.release))
+        ticker = Ticker(first, interval, limit, ping, cfg["HEARTBEAT"], cfg["RETRY_MS"],
+                        stop=app.extensions["stopping"],
+                        ends_at=stream_deadline(cfg["MAX_STREAM_SECONDS"]))
+        return event_stream_response(
+            with_heartbeat(ticker.next_chunk, on_close=open_streams.release))
 
     @app.post("/v1/chat/completions")
     def chat_completions():
@@ -186,7 +188,8 @@ def create_app(config=None):
 
         # No "retry:" first, unlike /stream: nobody reconnects a POST, and the
         # openai client would read a retry-only block as an event without JSON.
-        return event_stream_response(with_heartbeat(model.stream(messages), on_close=release))
+        answer = model.stream(messages)
+        return event_stream_response(with_heartbeat(answer.__next__, on_close=release))
 
     @app.get("/v1/models")
     def models():
@@ -214,7 +217,7 @@ def create_app(config=None):
             open_streams.release()
 
         events = retry_first(app.config["RETRY_MS"], subscription.events(app.config["HEARTBEAT"]))
-        return event_stream_response(with_heartbeat(events, on_close=closed))
+        return event_stream_response(with_heartbeat(events.__next__, on_close=closed))
 
     @app.post("/broadcast")
     def publish():
@@ -301,55 +304,84 @@ def retry_first(retry_ms, chunks):
     yield from chunks
 
 
-def ticker(first, interval, limit, ping_every, heartbeat, retry_ms, stop, ends_at=math.inf):
-    """Yield the retry field, each tick's events as one chunk, None when idle, the end event.
+class Ticker:
+    """What /stream sends, a chunk at a time: the retry field, ticks, pings, the end event.
 
     The counter event carries the id, so EventSource's Last-Event-ID is always
     the last count it saw; random and ping events carry none (an id field is
     sticky, so they do not change it). Ticks follow a fixed schedule, so a
     stream does not drift; a tick missed while the client was slow is skipped,
-    not sent in a burst.
+    not sent in a burst. The stream also ends, without an end event, when
+    ``stop`` is set or at ``ends_at`` (time.monotonic()): the client
+    reconnects and resumes.
 
-    The stream also ends, without an end event, when ``stop`` is set or at
-    ``ends_at`` (time.monotonic()): the client reconnects and resumes.
+    A class, not a generator: ``sse.with_heartbeat`` calls ``next_chunk``, and
+    an idle stream then holds one paused generator instead of two. Ten
+    thousand of these live at once, hence ``__slots__``.
     """
-    # First the reconnect delay for EventSource; it also sends the headers at once.
-    yield f"retry: {retry_ms}\n\n"
-    n = first
-    end = format_event(json.dumps({"reason": "limit", "limit": limit}), event="end").encode()
-    if limit is not None and n > limit:  # resumed after the last event: nothing to re-run
-        yield end
-        return
-    next_tick = last_write = time.monotonic()
-    next_ping = next_tick + ping_every if ping_every else math.inf
-    while True:
-        now = time.monotonic()
-        if now >= ends_at or stop.is_set():
-            return
-        wait = min(next_tick, next_ping, ends_at) - now
-        if wait > 0:
-            # A plain sleep is the cheapest wait gevent has (waiting on `stop`
-            # costs twice as much CPU per tick). Never sleep past a heartbeat,
-            # because writing is how a dead client is noticed, nor past
-            # STOP_CHECK, so a stopping worker's streams end at once.
-            time.sleep(min(wait, heartbeat, STOP_CHECK))
-            if time.monotonic() - last_write >= heartbeat:
-                last_write = time.monotonic()
-                yield None
-            continue
+
+    __slots__ = ("count", "interval", "limit", "ping_every", "heartbeat", "stop", "ends_at",
+                 "next_tick", "next_ping", "last_write", "pending", "done")
+
+    def __init__(self, first, interval, limit, ping_every, heartbeat, retry_ms, stop,
+                 ends_at=math.inf):
+        self.count, self.interval, self.limit = first, interval, limit
+        self.ping_every, self.heartbeat, self.stop, self.ends_at = (
+            ping_every, heartbeat, stop, ends_at)
+        self.next_tick = self.last_write = time.monotonic()
+        self.next_ping = self.next_tick + ping_every if ping_every else math.inf
+        # First the reconnect delay for EventSource; it also sends the headers at once.
+        self.pending = f"retry: {retry_ms}\n\n".encode()
+        self.done = limit is not None and first > limit  # resumed after the last event
+        if self.done:
+            self.pending += self.end_event()
+
+    def next_chunk(self):
+        """Wait for the next events and return them; None after an idle heartbeat period."""
+        if self.pending:
+            chunk, self.pending = self.pending, b""
+            return chunk
+        if self.done:
+            raise StopIteration
+        while True:
+            now = time.monotonic()
+            if now >= self.ends_at or self.stop.is_set():
+                raise StopIteration
+            wait = min(self.next_tick, self.next_ping, self.ends_at) - now
+            if wait <= 0:
+                return self.due(now)
+            # Never sleep past a heartbeat, because writing is how a dead client
+            # is noticed, nor past STOP_CHECK, so a stopping worker's streams end
+            # at once. A plain sleep is the cheapest wait gevent has (waiting on
+            # `stop` costs twice the CPU per tick), and waking on a WAKE_GRAIN grid
+            # lets streams due at nearly the same moment share one turn of the
+            # event loop. Events are stamped when written, so nobody sees it.
+            wake = now + min(wait, self.heartbeat, STOP_CHECK)
+            time.sleep(math.ceil(wake / WAKE_GRAIN) * WAKE_GRAIN - now)
+            if time.monotonic() - self.last_write >= self.heartbeat:
+                self.last_write = time.monotonic()
+                return None
+
+    def due(self, now):
+        """The events due at ``now``, as one chunk: one write, one packet."""
         chunk = b""
-        if now >= next_ping:
+        if now >= self.next_ping:
             chunk += format_event(json.dumps({"time": utc_now()}), event="ping").encode()
-            next_ping = max(next_ping + ping_every, now)
-        if now >= next_tick:
-            chunk += tick_events(n, utc_now(), random.randrange(100))
-            if n == limit:
-                yield chunk + end
-                return
-            n += 1
-            next_tick = max(next_tick + interval, now)
-        last_write = now
-        yield chunk
+            self.next_ping = max(self.next_ping + self.ping_every, now)
+        if now >= self.next_tick:
+            chunk += tick_events(self.count, utc_now(), random.randrange(100))
+            if self.count == self.limit:
+                self.done = True
+                return chunk + self.end_event()
+            self.count += 1
+            self.next_tick = max(self.next_tick + self.interval, now)
+        self.last_write = now
+        return chunk
+
+    def end_event(self):
+        """Tells EventSource the stream is over, so it closes instead of re-running it."""
+        return format_event(json.dumps({"reason": "limit", "limit": self.limit}),
+                            event="end").encode()
 
 
 def tick_events(count, stamp, value):

@@ -14,7 +14,6 @@ import signal
 import time
 
 import httpx
-import pytest
 from httpx_sse import aconnect_sse
 from servers import run_async
 

@@ -75,7 +75,8 @@ def test_last_event_id_parses_or_starts_fresh(header, expected):
 
 def test_heartbeat_replaces_idle_and_cleanup_runs_on_close():
     closed = []
-    body = with_heartbeat(iter(["a", None, "b", None]), on_close=lambda: closed.append(1))
+    body = with_heartbeat(iter(["a", None, "b", None]).__next__,
+                          on_close=lambda: closed.append(1))
     assert [next(body), next(body), next(body)] == [b"a", HEARTBEAT.encode(), b"b"]
     body.close()
     assert closed == [1]
@@ -83,7 +84,7 @@ def test_heartbeat_replaces_idle_and_cleanup_runs_on_close():
 
 def test_text_is_encoded_once_and_bytes_pass_through():
     shared = b"data: for everyone\n\n"  # a broadcast formatted once for all subscribers
-    body = list(with_heartbeat(iter(["data: \u00e9\n\n", shared])))
+    body = list(with_heartbeat(iter(["data: \u00e9\n\n", shared]).__next__))
     assert body == ["data: \u00e9\n\n".encode(), shared]
     assert body[1] is shared
 
@@ -95,7 +96,8 @@ def test_cleanup_runs_when_the_source_ends_or_fails():
         yield "a"
         raise RuntimeError("boom")
 
-    assert list(with_heartbeat(iter(["x"]), on_close=lambda: closed.append("end"))) == [b"x"]
+    ended = with_heartbeat(iter(["x"]).__next__, on_close=lambda: closed.append("end"))
+    assert list(ended) == [b"x"]
     with pytest.raises(RuntimeError):
-        list(with_heartbeat(failing(), on_close=lambda: closed.append("error")))
+        list(with_heartbeat(failing().__next__, on_close=lambda: closed.append("error")))
     assert closed == ["end", "error"]
