@@ -29,6 +29,7 @@ Nobody waits for it, and it never holds more than its queue.
 import collections
 import json
 import logging
+import queue
 import re
 import threading
 import time
@@ -94,12 +95,7 @@ class Subscription:
     """One client: what to replay first, then a bounded queue of live messages."""
 
     def __init__(self, queue_size):
-        # A deque and an Event, not queue.Queue: under gevent every Queue.get
-        # with a timeout builds a Condition and a lock, and a fan-out to 10,000
-        # subscribers paid for that 10,000 times (measured with bench/).
-        self.queue = collections.deque()
-        self.queue_size = queue_size
-        self.ready = threading.Event()
+        self.queue = queue.Queue(queue_size)
         self.backlog = []  # texts sent before any live message
         self.after = (0, 0)  # live messages up to this id were already replayed
 
@@ -111,33 +107,32 @@ class Subscription:
 
     def offer(self, key, text):
         """Queue a live message without waiting; False when the queue is full."""
-        if len(self.queue) >= self.queue_size:
+        try:
+            self.queue.put_nowait((key, text))
+        except queue.Full:
             return False
-        self.queue.append((key, text))
-        self.ready.set()
         return True
 
     def drop(self):
         """Free the queued messages and leave only the marker that ends the stream."""
-        self.queue.clear()
-        self.queue.append(_TOO_SLOW)
-        self.ready.set()
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.queue.put_nowait(_TOO_SLOW)
 
     def events(self, heartbeat):
         """Yield SSE text in id order, None after each idle heartbeat; end when dropped."""
         yield from self.backlog
         self.backlog = []
         while True:
-            if not self.queue:
-                # Clear, then look again: a message offered in between sets it anew.
-                self.ready.clear()
+            try:
                 # Never wait longer: a stream learns its client is gone only by writing.
-                if not self.queue and not self.ready.wait(heartbeat):
-                    yield None
-                    continue
-                if not self.queue:
-                    continue
-            item = self.queue.popleft()
+                item = self.queue.get(timeout=heartbeat)
+            except queue.Empty:
+                yield None
+                continue
             if item is _TOO_SLOW:
                 return
             key, text = item
@@ -199,8 +194,7 @@ class MemoryBroker:
             # Like Redis: milliseconds, then a sequence number within the same millisecond
             # (or after the clock stepped back), so ids keep rising across restarts.
             key = (now, 0) if now > self._last[0] else (self._last[0], self._last[1] + 1)
-            # Formatted and encoded once, for everyone.
-            text = format_event(data, event=event, id=format_id(key)).encode()
+            text = format_event(data, event=event, id=format_id(key))  # once, for everyone
             self._history.append((key, text))
             self._last = key
             self._subscribers.send(key, text)
@@ -351,8 +345,7 @@ class RedisBroker:
         entries = []
         for entry_id, fields in raw:
             try:
-                text = format_event(fields["data"], event=fields.get("event"),
-                                    id=entry_id).encode()
+                text = format_event(fields["data"], event=fields.get("event"), id=entry_id)
             except (KeyError, ValueError) as exc:
                 log.warning("skipping stream entry %s: %r", entry_id, exc)
                 continue
