@@ -162,6 +162,13 @@ class Subscribers:
         with self._lock:
             self._open.discard(subscription)
 
+    def drop_all(self):
+        """End every stream of this process (its worker is stopping); clients reconnect."""
+        with self._lock:
+            for subscription in self._open:
+                subscription.drop()
+            self._open.clear()
+
     def send(self, key, text):
         """Queue one formatted message for everyone; drop whoever has no room left."""
         with self._lock:
@@ -216,6 +223,10 @@ class MemoryBroker:
 
     def unsubscribe(self, subscription):
         self._subscribers.discard(subscription)
+
+    def end_streams(self):
+        """End every open stream: each client reconnects and replays what it missed."""
+        self._subscribers.drop_all()
 
 
 class RedisBroker:
@@ -288,6 +299,10 @@ class RedisBroker:
 
     def unsubscribe(self, subscription):
         self._subscribers.discard(subscription)
+
+    def end_streams(self):
+        """End every open stream: each client reconnects and replays what it missed."""
+        self._subscribers.drop_all()
 
     def close(self):
         """Stop the reader (within one blocking read) and release the connections."""

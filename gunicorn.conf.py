@@ -6,6 +6,7 @@ Every value can be changed from the environment, e.g. ``BIND=0.0.0.0:9000 gunico
 import os
 import resource
 import signal
+import threading
 
 # Loopback by default: put Nginx (nginx.conf) in front before exposing it.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -92,3 +93,11 @@ def post_worker_init(worker):
     # signal.signal() makes the signal interrupt system calls again; gunicorn
     # turns that off so that a stop does not break a write in progress.
     signal.siginterrupt(signal.SIGTERM, False)
+
+    # /stream checks the event every second; broadcast streams sleep on their
+    # queues instead, so one waiter (a greenlet: gevent has patched threading)
+    # ends them all when the event is set. Not from the signal handler itself,
+    # which could interrupt a greenlet holding the broker's lock.
+    broker = worker.wsgi.extensions["broker"]
+    threading.Thread(target=lambda: stopping.wait() and broker.end_streams(),
+                     name="end-broadcast-streams", daemon=True).start()

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import signal
+import socket
 import time
 
 import httpx
@@ -290,3 +291,26 @@ def test_a_stopping_worker_starts_no_new_stream(app, client):
 def test_the_app_runs_without_gunicorn_and_never_stops_by_itself():
     app = create_app()
     assert not app.extensions["stopping"].is_set()
+
+
+def test_reload_ends_broadcast_streams_at_once_and_cleanly(gunicorn):
+    # Broadcast streams wait on their queues, not on a timer: the worker ends them itself.
+    upstream = gunicorn(env={**QUIET, "GRACEFUL_TIMEOUT": "10"})
+    port = int(upstream.url.rsplit(":", 1)[1])
+    sockets = []
+    for _ in range(5):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"GET /broadcast HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sockets.append(sock)
+    reload_at = time.monotonic()
+    os.kill(upstream.pid, signal.SIGHUP)
+    for sock in sockets:
+        body = b""
+        while not body.endswith(b"0\r\n\r\n"):  # the chunked body's clean end
+            data = sock.recv(4096)
+            assert data, f"a stream was cut, not ended: {body[-80:]!r}"
+            body += data
+        sock.close()
+    took = time.monotonic() - reload_at
+    assert took < 2, f"the broadcast streams ended {took:.1f} s after the reload"
