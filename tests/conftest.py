@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 from servers import RedisServer, need, start_gunicorn, start_nginx
 
@@ -38,32 +40,37 @@ def gunicorn(tmp_path):
 
     ``port=`` restarts a server where an earlier one listened, as a deploy would.
     """
-    started = []
-
-    def start(env=None, args=(), port=None):
+    def start_one(env=None, args=(), port=None):
         settings = {f"SSE_{key}": str(value) for key, value in FAST.items()}
-        server = start_gunicorn(tmp_path, env={**settings, **(env or {})}, args=args, port=port)
-        started.append(server)
-        return server
+        return start_gunicorn(tmp_path, env={**settings, **(env or {})}, args=args, port=port)
 
-    yield start
-    for server in started:
-        server.stop()
+    yield from stopped_after(start_one)
 
 
 @pytest.fixture
 def nginx(tmp_path):
     """Start the shipped nginx.conf in front of a server for one test; stop it after."""
+    prefixes = (tmp_path / f"nginx-{n}" for n in itertools.count())
+
+    def start_one(upstream, replace=()):
+        return start_nginx(next(prefixes), upstream.url, replace)
+
+    yield from stopped_after(start_one)
+
+
+def stopped_after(start_one):
+    """For a fixture: yield a function that starts servers, then stop every one it started."""
     started = []
 
-    def start(upstream, replace=()):
-        server = start_nginx(tmp_path / f"nginx-{len(started)}", upstream.url, replace)
-        started.append(server)
-        return server
+    def start(*args, **kwargs):
+        started.append(start_one(*args, **kwargs))
+        return started[-1]
 
-    yield start
-    for server in started:
-        server.stop()
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture
