@@ -9,10 +9,11 @@ Two brokers with the same methods; create_app picks one:
 
 What both offer::
 
-    id = broker.publish(data, event=None)       # data: text; raises BrokerUnavailable
-    sub = broker.subscribe(last_event_id=None)  # raises BrokerUnavailable
-    sub.events(heartbeat)  # SSE text, or None after each idle heartbeat
-    broker.unsubscribe(sub)
+    id = broker.publish(data, event=None)   # data: JSON text; raises BrokerUnavailable
+    with broker.subscribe(last_event_id, wake) as sub:  # raises BrokerUnavailable
+        sub.take()         # the waiting messages as bytes, b"" if none; wake() runs on arrival
+        sub.pending        # True when take() has something
+        sub.dropped        # True when it fell a whole queue behind: end its stream
     broker.subscribers     # how many are open in this process
 
 Ids are Redis stream ids, ``<milliseconds>-<sequence>``, for both brokers: they
@@ -29,7 +30,6 @@ Nobody waits for it, and it never holds more than its queue.
 import collections
 import json
 import logging
-import queue
 import re
 import threading
 import time
@@ -51,7 +51,8 @@ POOL_SIZE = 10
 
 # [0-9], not \d: \d also matches other scripts' digits.
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
-_TOO_SLOW = object()  # the last item of a dropped subscriber's queue
+# Bytes one write may carry from a subscriber's queue or replay.
+CHUNK_BYTES = 64 * 1024
 
 
 class BrokerUnavailable(Exception):
@@ -92,53 +93,76 @@ def reset_event(key, history):
 
 
 class Subscription:
-    """One client: what to replay first, then a bounded queue of live messages."""
+    """One client: what to replay first, then a bounded queue of live messages.
 
-    def __init__(self, queue_size):
-        self.queue = queue.Queue(queue_size)
-        self.backlog = []  # texts sent before any live message
+    ``wake()`` is called whenever a message arrives (the stream sleeping on it
+    wakes up); use it as a context manager to unsubscribe on the way out.
+    """
+
+    def __init__(self, subscribers, queue_size, wake=None):
+        self._subscribers = subscribers
+        self._queue_size = queue_size
+        self._wake = wake or (lambda: None)
+        self._queue = collections.deque()  # (key, text) of live messages
+        self._backlog = collections.deque()  # texts sent before any live message
         self.after = (0, 0)  # live messages up to this id were already replayed
+        self.dropped = False  # a whole queue behind: its stream should end
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._subscribers.discard(self)
+
+    @property
+    def pending(self):
+        """True when take() has something to return."""
+        return bool(self._backlog or self._queue)
 
     def replay(self, entries, reset=None):
         """Send ``reset``, then these (key, text) entries, first; skip them if they come live."""
-        self.backlog = ([reset] if reset else []) + [text for _, text in entries]
+        self._backlog.extend([reset] if reset else [])
+        self._backlog.extend(text for _, text in entries)
         if entries:
             self.after = entries[-1][0]
 
     def offer(self, key, text):
         """Queue a live message without waiting; False when the queue is full."""
-        try:
-            self.queue.put_nowait((key, text))
-        except queue.Full:
+        if len(self._queue) >= self._queue_size:
             return False
+        self._queue.append((key, text))
+        self._wake()
         return True
 
     def drop(self):
-        """Free the queued messages and leave only the marker that ends the stream."""
-        while True:
-            try:
-                self.queue.get_nowait()
-            except queue.Empty:
-                break
-        self.queue.put_nowait(_TOO_SLOW)
+        """Free what is queued and mark the stream for ending (it reconnects and replays)."""
+        self.dropped = True
+        self._queue.clear()
+        self._backlog.clear()
+        self._wake()
 
-    def events(self, heartbeat):
-        """Yield SSE text in id order, None after each idle heartbeat; end when dropped."""
-        yield from self.backlog
-        self.backlog = []
-        while True:
-            try:
-                # Never wait longer: a stream learns its client is gone only by writing.
-                item = self.queue.get(timeout=heartbeat)
-            except queue.Empty:
-                yield None
-                continue
-            if item is _TOO_SLOW:
-                return
-            key, text = item
-            if key > self.after:
+    def take(self, max_bytes=CHUNK_BYTES):
+        """Return what is waiting, in id order, as one chunk of bytes (b"" when nothing is).
+
+        One write for a burst, instead of one per message; at most about
+        ``max_bytes``, so a long replay is written a piece at a time.
+        """
+        parts, size = [], 0
+        while size < max_bytes:
+            if self._backlog:
+                text = self._backlog.popleft()
+            elif self._queue:
+                key, text = self._queue.popleft()
+                if key <= self.after:  # came live after the replay had it
+                    continue
                 self.after = key
-                yield text
+            else:
+                break
+            parts.append(text)
+            size += len(text)
+        # The common case, one message, goes out as the very object every
+        # subscriber shares: no copy per subscriber.
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class Subscribers:
@@ -152,8 +176,8 @@ class Subscribers:
     def __len__(self):
         return len(self._open)
 
-    def add(self):
-        subscription = Subscription(self._queue_size)
+    def add(self, wake=None):
+        subscription = Subscription(self, self._queue_size, wake)
         with self._lock:
             self._open.add(subscription)
         return subscription
@@ -161,13 +185,6 @@ class Subscribers:
     def discard(self, subscription):
         with self._lock:
             self._open.discard(subscription)
-
-    def drop_all(self):
-        """End every stream of this process (its worker is stopping); clients reconnect."""
-        with self._lock:
-            for subscription in self._open:
-                subscription.drop()
-            self._open.clear()
 
     def send(self, key, text):
         """Queue one formatted message for everyone; drop whoever has no room left."""
@@ -207,10 +224,10 @@ class MemoryBroker:
             self._subscribers.send(key, text)
         return format_id(key)
 
-    def subscribe(self, last_event_id=None):
+    def subscribe(self, last_event_id=None, wake=None):
         # Under the lock, no message can fall between the replay and the queue.
         with self._lock:
-            subscription = self._subscribers.add()
+            subscription = self._subscribers.add(wake)
             if last_event_id:
                 key = parse_id(last_event_id)
                 history = list(self._history)
@@ -223,10 +240,6 @@ class MemoryBroker:
 
     def unsubscribe(self, subscription):
         self._subscribers.discard(subscription)
-
-    def end_streams(self):
-        """End every open stream: each client reconnects and replays what it missed."""
-        self._subscribers.drop_all()
 
 
 class RedisBroker:
@@ -279,14 +292,14 @@ class RedisBroker:
         except RedisError as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
-    def subscribe(self, last_event_id=None):
+    def subscribe(self, last_event_id=None, wake=None):
         from redis import RedisError
 
         try:
             self._start_reader()
             # Join the fan-out before reading the history: a message published in
             # between arrives both ways, and Subscription.after lets through one copy.
-            subscription = self._subscribers.add()
+            subscription = self._subscribers.add(wake)
             try:
                 if last_event_id:
                     self._fill_replay(subscription, parse_id(last_event_id))
@@ -299,10 +312,6 @@ class RedisBroker:
 
     def unsubscribe(self, subscription):
         self._subscribers.discard(subscription)
-
-    def end_streams(self):
-        """End every open stream: each client reconnects and replays what it missed."""
-        self._subscribers.drop_all()
 
     def close(self):
         """Stop the reader (within one blocking read) and release the connections."""

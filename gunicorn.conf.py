@@ -3,10 +3,10 @@
 Every value can be changed from the environment, e.g. ``BIND=0.0.0.0:9000 gunicorn app:app``.
 """
 
+import logging
 import os
 import resource
 import signal
-import threading
 
 # Loopback by default: put Nginx (nginx.conf) in front before exposing it.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -78,26 +78,38 @@ def post_worker_init(worker):
     each worker SIGTERM. The worker stops accepting and waits up to
     graceful_timeout for its requests to finish, but a stream never finishes by
     itself, and no hook runs on SIGTERM: the stream would be cut at the end of
-    the wait. So we chain the worker's own handler with one that sets the app's
-    "stopping" event. Each stream then ends cleanly within a moment, and
+    the wait. So we chain the worker's own handler with one that ends every
+    stream (streams.py: Streams.stop). Each ends cleanly within a moment, and
     EventSource reconnects, with Last-Event-ID, to a new worker.
     """
-    stopping = worker.wsgi.extensions["stopping"]
+    import gevent
+
+    streams = worker.wsgi.extensions["streams"]
     gunicorn_handler = signal.getsignal(signal.SIGTERM)
 
     def stop_streams_too(sig, frame):
         gunicorn_handler(sig, frame)
-        stopping.set()
+        # In a greenlet of its own, as gunicorn does with its own handlers: a
+        # signal handler may interrupt any greenlet, in the middle of anything.
+        gevent.spawn(streams.stop)
 
     signal.signal(signal.SIGTERM, stop_streams_too)
     # signal.signal() makes the signal interrupt system calls again; gunicorn
     # turns that off so that a stop does not break a write in progress.
     signal.siginterrupt(signal.SIGTERM, False)
+    logging.getLogger("gunicorn.error").addFilter(one_line_for_stalled_clients)
 
-    # /stream checks the event every second; broadcast streams sleep on their
-    # queues instead, so one waiter (a greenlet: gevent has patched threading)
-    # ends them all when the event is set. Not from the signal handler itself,
-    # which could interrupt a greenlet holding the broker's lock.
-    broker = worker.wsgi.extensions["broker"]
-    threading.Thread(target=lambda: stopping.wait() and broker.end_streams(),
-                     name="end-broadcast-streams", daemon=True).start()
+
+def one_line_for_stalled_clients(record):
+    """Log a client cut off for not reading (SSE_WRITE_TIMEOUT) in one line, not a traceback.
+
+    The kernel ends such a connection with ETIMEDOUT (streams.py sets
+    TCP_USER_TIMEOUT), and gunicorn logs any socket error other than a reset
+    or a broken pipe with its traceback: thousands of them when a network drops.
+    """
+    if record.exc_info and isinstance(record.exc_info[1], TimeoutError):
+        record.msg, record.args = "closed a connection whose client stopped reading: %s", (
+            record.exc_info[1],)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True

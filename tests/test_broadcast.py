@@ -4,19 +4,9 @@ import json
 
 import pytest
 from conftest import FAST
+from wire import blocks, next_message
 
 from app import create_app
-
-
-def blocks(response):
-    """Yield the wire blocks of a streaming response, one at a time."""
-    for chunk in response.iter_encoded():
-        yield from (b for b in chunk.decode().split("\n\n") if b)
-
-
-def next_message(stream):
-    """The next block that is not a heartbeat comment."""
-    return next(b for b in stream if not b.startswith(":"))
 
 
 def publish(client, data, event=None, **kwargs):
@@ -132,8 +122,9 @@ def test_a_client_a_whole_queue_behind_is_dropped_and_its_stream_ends():
         assert next_message(fast_reader).startswith(f"id: {id}\n")
     assert app.extensions["broker"].subscribers == 1
     assert list(slow_reader) == []  # its stream ends; EventSource reconnects and replays
+    slow.close()  # what the WSGI server does once a body ends
     assert client.get("/healthz").json["open_streams"] == 1
-    slow.close(), fast.close()
+    fast.close()
 
 
 def test_the_stream_cap_applies_to_broadcast_streams():

@@ -71,8 +71,11 @@ async def subscribers_by_worker(url, workers, total):
     raise AssertionError(f"only workers {sorted(counts)} answered /healthz")
 
 
-async def subscribe(client, url, ready, count, got, headers=None):
-    """Collect ``count`` messages into ``got``; call ``ready()`` once subscribed."""
+async def subscribe(client, url, ready, count, got, headers=None, hold=None):
+    """Collect ``count`` messages into ``got``; call ``ready()`` once subscribed.
+
+    With ``hold`` (an asyncio.Event), the stream stays open until it is set.
+    """
     async with aconnect_sse(client, "GET", url + "/broadcast", headers=headers or {}) as source:
         assert source.response.status_code == 200
         events = source.aiter_sse()
@@ -83,6 +86,8 @@ async def subscribe(client, url, ready, count, got, headers=None):
             if dispatched(event):
                 got.append((event.event, event.id, event.data))
                 if len(got) == count:
+                    if hold is not None:
+                        await hold.wait()
                     return
 
 
@@ -235,10 +240,10 @@ def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(
         return httpx.get(server.url + "/healthz").json()
 
     async def main():
-        ready, results = [], [[] for _ in range(fast)]
+        ready, results, hold = [], [[] for _ in range(fast)], asyncio.Event()
         async with httpx.AsyncClient(timeout=60, limits=UNLIMITED) as client:
             tasks = [asyncio.create_task(subscribe(
-                client, server.url, lambda: ready.append(1), warmup + flood, got))
+                client, server.url, lambda: ready.append(1), warmup + flood, got, hold=hold))
                 for got in results]
             await wait_for(lambda: len(ready) == fast, tasks, 30, "the fast subscribers")
 
@@ -261,9 +266,12 @@ def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(
                                     10, what="the slow subscriber")
             for n in range(warmup, warmup + flood):
                 await publish(n)
-            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            await wait_for(lambda: all(len(got) == warmup + flood for got in results), tasks, 60,
+                           "the flood to reach the fast subscribers")
             after = rss_kib(worker)
-            dropped = health()
+            dropped = health()  # while the fast ones are still connected
+            hold.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
             slow.close()
         return results, before, after, dropped
 

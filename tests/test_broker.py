@@ -1,7 +1,8 @@
 """broker.py on its own: both brokers, same behaviour (RedisBroker against a real redis-server)."""
 
-import itertools
 import json
+import threading
+import time
 
 import pytest
 from servers import wait_until
@@ -35,17 +36,28 @@ def make_broker(request):
         yield lambda history=1000, queue_size=100: build("test:broadcast", history, queue_size)
 
 
+def subscribe(broker, last_event_id=None):
+    """A subscription whose wake-ups set an Event, as a sleeping stream would be woken."""
+    woken = threading.Event()
+    subscription = broker.subscribe(last_event_id, wake=woken.set)
+    subscription.woken = woken
+    return subscription
+
+
 def take(subscription, count, timeout=5.0):
-    """The next ``count`` texts a subscription yields, skipping idle heartbeats."""
-    events = subscription.events(HEARTBEAT)
+    """The next ``count`` messages of a subscription, each as text, waiting for them."""
     texts = []
-    for _ in range(int(timeout / HEARTBEAT) + count):
-        text = next(events)
-        if text is not None:
-            texts.append(text)
-            if len(texts) == count:
-                return texts
-    raise AssertionError(f"got {len(texts)} of {count} messages: {texts}")
+    deadline = time.monotonic() + timeout
+    while len(texts) < count:
+        chunk = subscription.take(max_bytes=1)  # one message per take
+        if chunk:
+            texts.append(chunk.decode())
+            continue
+        if time.monotonic() > deadline:
+            raise AssertionError(f"got {len(texts)} of {count} messages: {texts}")
+        subscription.woken.wait(HEARTBEAT)
+        subscription.woken.clear()
+    return texts
 
 
 def ids(texts):
@@ -54,7 +66,7 @@ def ids(texts):
 
 def test_subscribers_get_every_message_in_order_with_its_event_name(make_broker):
     broker = make_broker()
-    first, second = broker.subscribe(), broker.subscribe()
+    first, second = subscribe(broker), subscribe(broker)
     sent = [broker.publish(json.dumps(n), event="news" if n % 2 else None) for n in range(5)]
     for subscription in (first, second):
         texts = take(subscription, 5)
@@ -73,7 +85,7 @@ def test_ids_rise_like_redis_stream_ids(make_broker):
 def test_a_new_subscriber_gets_only_what_comes_after_it(make_broker):
     broker = make_broker()
     broker.publish('"before"')
-    subscription = broker.subscribe()
+    subscription = subscribe(broker)
     after = broker.publish('"after"')
     assert ids(take(subscription, 1)) == [after]
 
@@ -81,7 +93,7 @@ def test_a_new_subscriber_gets_only_what_comes_after_it(make_broker):
 def test_reconnecting_with_a_kept_id_replays_exactly_what_was_missed(make_broker):
     broker = make_broker(history=5)
     sent = [broker.publish(str(n)) for n in range(4)]
-    subscription = broker.subscribe(last_event_id=sent[1])
+    subscription = subscribe(broker, last_event_id=sent[1])
     later = broker.publish("4")
     assert ids(take(subscription, 3)) == [sent[2], sent[3], later]
 
@@ -89,7 +101,7 @@ def test_reconnecting_with_a_kept_id_replays_exactly_what_was_missed(make_broker
 def test_reconnecting_with_the_newest_id_replays_nothing(make_broker):
     broker = make_broker()
     newest = [broker.publish(str(n)) for n in range(3)][-1]
-    subscription = broker.subscribe(last_event_id=newest)
+    subscription = subscribe(broker, last_event_id=newest)
     later = broker.publish("3")
     assert ids(take(subscription, 1)) == [later]
 
@@ -97,7 +109,7 @@ def test_reconnecting_with_the_newest_id_replays_nothing(make_broker):
 def test_an_aged_out_id_gets_a_reset_then_the_kept_history(make_broker):
     broker = make_broker(history=3)
     sent = [broker.publish(str(n)) for n in range(6)]
-    subscription = broker.subscribe(last_event_id=sent[0])
+    subscription = subscribe(broker, last_event_id=sent[0])
     reset, *kept = take(subscription, 4)
     assert reset.startswith("event: reset\ndata: ")
     assert "id:" not in reset  # a client dropping now still holds its old id
@@ -111,7 +123,7 @@ def test_an_aged_out_id_gets_a_reset_then_the_kept_history(make_broker):
 def test_an_unknown_id_gets_a_reset_then_the_kept_history(make_broker, last_event_id):
     broker = make_broker(history=3)
     sent = [broker.publish(str(n)) for n in range(2)]
-    subscription = broker.subscribe(last_event_id=last_event_id)
+    subscription = subscribe(broker, last_event_id=last_event_id)
     reset, *kept = take(subscription, 3)
     notice = json.loads(reset.split("data: ")[1])
     assert notice["reason"] == "unknown-id"
@@ -121,34 +133,48 @@ def test_an_unknown_id_gets_a_reset_then_the_kept_history(make_broker, last_even
 
 def test_a_subscriber_a_whole_queue_behind_is_dropped_and_the_others_are_not(make_broker):
     broker = make_broker(queue_size=3)
-    slow, fast = broker.subscribe(), broker.subscribe()
-    fast_events = fast.events(HEARTBEAT)
+    slow, fast = subscribe(broker), subscribe(broker)
     sent = []
     for n in range(6):
         sent.append(broker.publish(str(n)))
-        assert ids([next(fast_events)]) == [sent[-1]]  # the fast one reads each as it comes
+        assert ids(take(fast, 1)) == [sent[-1]]  # the fast one reads each as it comes
     wait_until(lambda: broker.subscribers == 1, timeout=5, what="the slow subscriber dropped")
-    # Its queue was emptied when it was dropped; its stream just ends.
-    assert list(slow.events(HEARTBEAT)) == []
+    # Its queue was emptied when it was dropped, and it was woken to end its stream.
+    assert slow.dropped and slow.woken.is_set() and slow.take() == b""
+    assert not fast.dropped
 
 
 def test_a_message_is_formatted_once_for_every_subscriber(make_broker):
     broker = make_broker()
-    subscriptions = [broker.subscribe() for _ in range(3)]
+    subscriptions = [subscribe(broker) for _ in range(3)]
     broker.publish('"shared"')
-    texts = [take(s, 1)[0] for s in subscriptions]
-    assert texts[0] is texts[1] is texts[2]
+    for subscription in subscriptions:
+        wait_until(lambda s=subscription: s.pending, timeout=5, what="the message")
+    chunks = [s.take() for s in subscriptions]
+    assert chunks[0] is chunks[1] is chunks[2]  # the same bytes object, not three copies
 
 
-def test_an_idle_subscription_yields_none_each_heartbeat(make_broker):
+def test_messages_waiting_together_are_taken_as_one_chunk_in_order(make_broker):
     broker = make_broker()
-    events = broker.subscribe().events(HEARTBEAT)
-    assert list(itertools.islice(events, 3)) == [None, None, None]
+    subscription = subscribe(broker)
+    sent = [broker.publish(str(n)) for n in range(3)]
+    wait_until(lambda: subscription.pending, timeout=5, what="the messages to arrive")
+    wait_until(lambda: len(subscription._queue) == 3, timeout=5, what="all three")
+    chunk = subscription.take().decode()
+    assert ids([chunk]) == sent  # one write for the burst
+    assert subscription.take() == b"" and not subscription.pending
+
+
+def test_a_subscription_used_as_a_context_manager_unsubscribes(make_broker):
+    broker = make_broker()
+    with subscribe(broker):
+        assert broker.subscribers == 1
+    assert broker.subscribers == 0
 
 
 def test_unsubscribe_stops_delivery_and_the_count(make_broker):
     broker = make_broker()
-    subscription = broker.subscribe()
+    subscription = subscribe(broker)
     assert broker.subscribers == 1
     broker.unsubscribe(subscription)
     assert broker.subscribers == 0
@@ -163,7 +189,7 @@ def test_redis_broker_connects_on_first_use_and_reads_with_one_connection(redis_
     baseline = len(watcher.client_list())
     broker = redis_broker()
     assert len(watcher.client_list()) == baseline  # creating it opened nothing
-    subscriptions = [broker.subscribe() for _ in range(50)]
+    subscriptions = [subscribe(broker) for _ in range(50)]
     broker.publish('"x"')
     for subscription in subscriptions:
         take(subscription, 1)
@@ -178,13 +204,13 @@ def test_redis_broker_raises_broker_unavailable_while_redis_is_down(redis_server
     with pytest.raises(BrokerUnavailable):
         broker.publish('"lost"')
     with pytest.raises(BrokerUnavailable):
-        broker.subscribe(last_event_id=kept)  # the replay needs Redis
+        subscribe(broker, last_event_id=kept)  # the replay needs Redis
     assert broker.subscribers == 0  # the failed one was not left behind
 
 
 def test_redis_reader_survives_a_restart_and_delivers_what_follows(redis_server, redis_broker):
     broker = redis_broker()
-    subscription = broker.subscribe()
+    subscription = subscribe(broker)
     first = broker.publish('"first"')
     assert ids(take(subscription, 1)) == [first]
     redis_server.stop()

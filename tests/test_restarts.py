@@ -18,7 +18,7 @@ import httpx
 from httpx_sse import aconnect_sse
 from servers import run_async
 
-from app import create_app, stream_deadline
+from streams import Streams
 
 CLIENTS = 200
 # Slow ticks and heartbeats keep 200 streams light on a small machine.
@@ -259,11 +259,12 @@ def test_an_nginx_reload_closes_old_streams_after_worker_shutdown_timeout(gunico
     assert_counters_continue(followers)
 
 
-def test_stream_deadline_is_off_by_default_and_jittered_below_the_maximum():
-    assert stream_deadline(0) == math.inf
+def test_stream_lifetimes_are_off_by_default_and_jittered_below_the_maximum():
+    assert Streams(10).start().ends_at == math.inf
+    streams = Streams(200, max_seconds=100)
     now = time.monotonic()
-    lifetimes = [stream_deadline(100) - now for _ in range(200)]
-    assert all(80 <= t <= 100.1 for t in lifetimes)
+    lifetimes = [streams.start().ends_at - now for _ in range(200)]
+    assert all(80 <= t <= 100.1 for t in lifetimes)  # 0.1 s of slack for the loop itself
     assert max(lifetimes) - min(lifetimes) > 10
 
 
@@ -273,24 +274,28 @@ def test_a_stream_ends_cleanly_when_its_worker_is_stopping(app, client):
     assert next(chunks).startswith(b"retry: ")
     assert next(chunks).startswith(b"id: 1\n")
     started = time.monotonic()
-    app.extensions["stopping"].set()
+    app.extensions["streams"].stop()
     rest = b"".join(chunks)  # the generator returns instead of ticking for ever
     response.close()
     assert time.monotonic() - started < 1
     assert b"event: end" not in rest  # not the end of the data: the client should come back
-    assert app.extensions["open_streams"].count == 0
+    assert app.extensions["streams"].count == 0
 
 
 def test_a_stopping_worker_starts_no_new_stream(app, client):
-    app.extensions["stopping"].set()
+    app.extensions["streams"].stop()
     response = client.get("/stream?interval=0.05")
     assert response.status_code == 200
     assert response.get_data(as_text=True) == "retry: 100\n\n"
 
 
-def test_the_app_runs_without_gunicorn_and_never_stops_by_itself():
-    app = create_app()
-    assert not app.extensions["stopping"].is_set()
+def test_the_app_runs_without_gunicorn_and_never_stops_by_itself(client):
+    response = client.get("/stream?interval=0.02&ping=0")
+    reader = response.iter_encoded()
+    assert next(reader).startswith(b"retry: ")
+    ids = [next(reader).split(b"\n")[0] for _ in range(5)]
+    assert ids == [f"id: {n}".encode() for n in range(1, 6)]  # nothing stopped it
+    response.close()
 
 
 def test_reload_ends_broadcast_streams_at_once_and_cleanly(gunicorn):

@@ -1,6 +1,6 @@
 import pytest
 
-from sse import HEARTBEAT, format_comment, format_event, parse_last_event_id, with_heartbeat
+from sse import HEARTBEAT, format_comment, format_event, parse_last_event_id
 
 
 @pytest.mark.parametrize(
@@ -19,7 +19,7 @@ from sse import HEARTBEAT, format_comment, format_event, parse_last_event_id, wi
     ],
 )
 def test_multiline_data_becomes_several_data_lines(data, wire):
-    assert format_event(data) == wire
+    assert format_event(data) == wire.encode()
 
 
 @pytest.mark.parametrize(
@@ -27,14 +27,14 @@ def test_multiline_data_becomes_several_data_lines(data, wire):
     ["a\u2028b", "a\u2029b", "a\x85b", "a\x0bb", "a\x0cb", "a\x1cb", "héllo ✓ 😀"],
 )
 def test_characters_splitlines_would_split_stay_in_one_line(text):
-    assert format_event(text) == f"data: {text}\n\n"
+    assert format_event(text) == f"data: {text}\n\n".encode()
 
 
 def test_fields_come_in_a_fixed_order_and_non_strings_are_converted():
     assert format_event('{"a": 1}', event="tick", id=7, retry=1500) == (
-        'event: tick\nid: 7\nretry: 1500\ndata: {"a": 1}\n\n'
+        b'event: tick\nid: 7\nretry: 1500\ndata: {"a": 1}\n\n'
     )
-    assert format_event(42, id=0) == "id: 0\ndata: 42\n\n"
+    assert format_event(42, id=0) == b"id: 0\ndata: 42\n\n"
 
 
 @pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\r\nb", "\n"])
@@ -50,7 +50,7 @@ def test_id_with_a_line_break_or_nul_is_rejected(bad):
 
 
 def test_empty_id_is_allowed_because_it_resets_the_last_event_id():
-    assert format_event("x", id="") == "id: \ndata: x\n\n"
+    assert format_event("x", id="") == b"id: \ndata: x\n\n"
 
 
 @pytest.mark.parametrize("bad", [1.5, "2000", -1, True])
@@ -59,9 +59,20 @@ def test_retry_must_be_a_non_negative_integer(bad):
         format_event("x", retry=bad)
 
 
-def test_comment_lines_each_start_with_a_colon():
-    assert format_comment("a\nb") == ": a\n: b\n\n"
-    assert HEARTBEAT.startswith(":") and HEARTBEAT.endswith("\n\n")
+def test_comment_lines_each_start_with_a_colon_and_no_blank_line_follows():
+    assert format_comment("a\nb") == b": a\n: b\n"
+    assert HEARTBEAT == b": heartbeat\n"
+
+
+def test_no_data_gives_no_data_line_and_an_empty_string_gives_one():
+    assert format_event(retry=100) == b"retry: 100\n\n"
+    assert format_event(id=3) == b"id: 3\n\n"
+    assert format_event("") == b"data: \n\n"
+
+
+def test_text_that_is_not_valid_unicode_fails_where_the_event_is_made():
+    with pytest.raises(UnicodeEncodeError):
+        format_event("\ud800")
 
 
 @pytest.mark.parametrize(
@@ -71,33 +82,3 @@ def test_comment_lines_each_start_with_a_colon():
 )
 def test_last_event_id_parses_or_starts_fresh(header, expected):
     assert parse_last_event_id(header) == expected
-
-
-def test_heartbeat_replaces_idle_and_cleanup_runs_on_close():
-    closed = []
-    body = with_heartbeat(iter(["a", None, "b", None]).__next__,
-                          on_close=lambda: closed.append(1))
-    assert [next(body), next(body), next(body)] == [b"a", HEARTBEAT.encode(), b"b"]
-    body.close()
-    assert closed == [1]
-
-
-def test_text_is_encoded_once_and_bytes_pass_through():
-    shared = b"data: for everyone\n\n"  # a broadcast formatted once for all subscribers
-    body = list(with_heartbeat(iter(["data: \u00e9\n\n", shared]).__next__))
-    assert body == ["data: \u00e9\n\n".encode(), shared]
-    assert body[1] is shared
-
-
-def test_cleanup_runs_when_the_source_ends_or_fails():
-    closed = []
-
-    def failing():
-        yield "a"
-        raise RuntimeError("boom")
-
-    ended = with_heartbeat(iter(["x"]).__next__, on_close=lambda: closed.append("end"))
-    assert list(ended) == [b"x"]
-    with pytest.raises(RuntimeError):
-        list(with_heartbeat(failing().__next__, on_close=lambda: closed.append("error")))
-    assert closed == ["end", "error"]

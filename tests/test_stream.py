@@ -6,19 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import FAST
+from wire import read_blocks as read_events
 
-from app import create_app, tick_events, utc_now
-from sse import format_event
-
-
-def read_events(response, count):
-    """Read the first ``count`` wire blocks of a streaming response as text."""
-    blocks = []
-    for chunk in response.iter_encoded():
-        blocks += [b for b in chunk.decode().split("\n\n") if b]
-        if len(blocks) >= count:
-            return blocks[:count]
-    return blocks
+from app import create_app, utc_now
 
 
 def test_stream_sends_the_sse_headers(client):
@@ -106,7 +96,7 @@ def test_bad_query_parameters_get_400_naming_the_parameter(client, app, query, p
     assert response.status_code == 400
     assert response.json["error"]["param"] == param
     assert param in response.json["error"]["message"]
-    assert app.extensions["open_streams"].count == 0
+    assert app.extensions["streams"].count == 0
 
 
 def test_idle_stream_sends_heartbeat_comments(client):
@@ -209,14 +199,6 @@ def test_bad_setting_fails_at_start_naming_the_variable(monkeypatch, variable, v
 def test_settings_come_from_sse_prefixed_environment(monkeypatch):
     monkeypatch.setenv("SSE_HEARTBEAT", "7")
     assert create_app().config["HEARTBEAT"] == 7
-
-
-@pytest.mark.parametrize(("count", "value"), [(1, 0), (42, 99), (10**12, 7)])
-def test_tick_events_are_exactly_what_format_event_would_write(count, value):
-    stamp = utc_now()
-    general = (format_event(json.dumps({"count": count, "time": stamp}), id=count)
-               + format_event(json.dumps({"value": value}), event="random"))
-    assert tick_events(count, stamp, value) == general.encode()
 
 
 def test_utc_now_is_iso_8601_utc_with_milliseconds():

@@ -1,0 +1,391 @@
+"""The machinery under every event stream: a cap, a clock, and the ways a stream ends.
+
+app.py's generators read like the lesson; this module is what lets ten
+thousand of them run in one gevent worker and end cleanly:
+
+- ``Streams`` (one per app): how many streams this worker may hold, sized to
+  the open-file limit, and ``stop()`` for a worker that is shutting down.
+- ``Stream`` (one per response): ``sleep_until(deadline)``, ``wait_until()``
+  and ``wake()``, and ``ended``: the worker is stopping, the stream's lifetime
+  is up, or its client has gone.
+- ``event_stream(make_events)``: the response, with the generator already
+  started, so whatever it takes (a slot, a subscription) is given back on
+  every path, HEAD included.
+
+Under gunicorn's gevent worker a stream also watches its socket: a client
+that closes is noticed at once (not at the next write), and one that stops
+reading is cut off after ``WRITE_TIMEOUT`` seconds without progress.
+"""
+
+import _socket
+import collections
+import contextlib
+import errno
+import itertools
+import logging
+import math
+import random
+import resource
+import socket
+import threading
+import time
+
+from flask import Response, current_app, request
+
+log = logging.getLogger(__name__)
+
+# File descriptors kept for everything that is not a stream: the listening
+# socket, logs, Redis connections (11 per worker), upstream chat connections,
+# and the connections a full worker still accepts in order to answer 503.
+RESERVED_FILES = 64
+# Wake-ups are rounded up to this grid (seconds), so streams due at nearly the
+# same moment share one timer and one turn of the event loop.
+GRAIN = 0.01
+# Kernel send buffer per stream (bytes; Linux doubles it). Bounds what a
+# client that stopped reading can hold, instead of the ~4 MiB autotuning allows.
+SEND_BUFFER = 64 * 1024
+
+
+class TooManyStreams(Exception):
+    """This worker holds as many streams as it may: answer 503 with Retry-After."""
+
+
+class BodyTimeout(Exception):
+    """A request body did not arrive in time: answer 408."""
+
+
+@contextlib.contextmanager
+def body_deadline(seconds):
+    """Raise BodyTimeout if the block (reading a request body) takes longer than ``seconds``.
+
+    A timeout on each read would not do: a client dripping one byte every few
+    seconds never trips it. Under gevent the deadline covers the whole body;
+    elsewhere (Flask's test client, flask run) the body is already read.
+    After a timeout the connection stops reading, so the server closes it
+    instead of waiting for the rest of the body.
+    """
+    if not gevent_is_running():
+        yield
+        return
+    import gevent
+
+    try:
+        with gevent.Timeout(seconds, BodyTimeout):
+            yield
+    except BodyTimeout:
+        sock = request.environ.get("gunicorn.socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+        raise
+
+
+def stream_limit(configured):
+    """The streams this process can really hold: ``configured``, or fewer if open files run out.
+
+    Every stream is a socket, so a process allowed 256 open files cannot hold
+    9,000 streams: past the limit accept() fails and new clients hang instead
+    of getting a 503.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft - RESERVED_FILES >= configured:
+        return configured
+    limit = max(0, soft - RESERVED_FILES)
+    log.warning("the open-file limit is %d: this worker holds at most %d streams, not "
+                "SSE_MAX_STREAMS=%d (raise the limit with ulimit -n)", soft, limit, configured)
+    return limit
+
+
+class Streams:
+    """This worker's open streams: the cap, the clock they sleep on, and the stop signal."""
+
+    def __init__(self, max_streams, max_seconds=0, write_timeout=30):
+        self.limit = stream_limit(max_streams)
+        self.max_seconds, self.write_timeout = max_seconds, write_timeout
+        self.open = set()
+        self.kinds = collections.Counter()  # open streams by kind, for /healthz
+        self.stopping = False
+        self._clock = None  # made on first use: importing app.py must not touch gevent's hub
+
+    @property
+    def count(self):
+        return len(self.open)
+
+    def start(self, environ=None, lifetime=True, kind="stream"):
+        """Open a stream for this request; raise TooManyStreams past the cap."""
+        if len(self.open) >= self.limit:
+            raise TooManyStreams()
+        if self._clock is None:
+            self._clock = GeventClock() if gevent_is_running() else ThreadClock()
+        ends_at = math.inf
+        if lifetime and self.max_seconds:
+            # A random 80-100 %, so clients that connected together (after a
+            # restart) do not all come back at once.
+            ends_at = time.monotonic() + self.max_seconds * random.uniform(0.8, 1.0)
+        stream = Stream(self, self._clock, ends_at, kind)
+        self.open.add(stream)
+        self.kinds[kind] += 1
+        if isinstance(self._clock, GeventClock):
+            stream.watch(http1_socket(environ))
+        return stream
+
+    def stop(self):
+        """End every stream now (the worker is stopping): each client reconnects elsewhere."""
+        self.stopping = True
+        for stream in list(self.open):
+            stream.wake()
+
+
+class Stream:
+    """One open stream: its sleep, its wake-up, and whether it has ended."""
+
+    __slots__ = ("_streams", "_clock", "ends_at", "kind", "gone", "waiter", "_sock", "_watcher")
+
+    def __init__(self, streams, clock, ends_at, kind):
+        self._streams, self._clock, self.ends_at, self.kind = streams, clock, ends_at, kind
+        self.gone = False  # the client closed, or stopped reading for too long
+        self.waiter = clock.new_waiter()  # what a sleeping stream waits on; the clock's own
+        self._sock = self._watcher = None
+
+    @property
+    def ended(self):
+        """True once the worker is stopping, the lifetime is up, or the client has gone."""
+        return self.gone or self._streams.stopping or time.monotonic() >= self.ends_at
+
+    def sleep_until(self, deadline):
+        """Sleep until ``deadline`` (a time.monotonic() value) and return the time then.
+
+        Returns sooner only if the stream has ended, so check ``ended`` after it.
+        """
+        deadline = min(deadline, self.ends_at)
+        while (now := time.monotonic()) < deadline and not self.ended:
+            self._clock.wait(self, deadline)
+        return now
+
+    def wait_until(self, deadline):
+        """Sleep until ``deadline`` or until ``wake()``; may also return early for no reason."""
+        if not self.ended:
+            self._clock.wait(self, min(deadline, self.ends_at))
+
+    def wake(self):
+        """End a wait_until() now; safe from any greenlet or thread."""
+        self._clock.wake(self)
+
+    def watch(self, sock):
+        """Notice at once when the client closes; cut it off when it stops reading."""
+        if sock is None:
+            return
+        self._sock = sock
+        try:
+            # Unacknowledged data, or data the client's full window keeps back,
+            # for this long makes the kernel drop the connection (ETIMEDOUT):
+            # a write that makes no progress ends the stream.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            int(self._streams.write_timeout * 1000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except (OSError, AttributeError):  # AttributeError: no TCP_USER_TIMEOUT off Linux
+            pass
+        self._watcher = self._clock.watch_readable(sock.fileno(), self._readable)
+
+    def _readable(self):
+        """The socket has something to read: end of file (the client left), an error, or data."""
+        try:
+            # The C socket, not gevent's: a callback in the event loop must not block.
+            peek = _socket.socket(fileno=self._sock.fileno())
+        except OSError:
+            self._gone()
+            return
+        try:
+            data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:  # ETIMEDOUT (stopped reading), ECONNRESET
+            data = b""
+        finally:
+            peek.detach()  # the socket is gunicorn's: never close it here
+        if data:
+            # A pipelined request: not ours to read, and the watcher would
+            # fire for ever. Writes still notice a gone client, just later.
+            self._stop_watching()
+        else:
+            self._gone()
+
+    def _gone(self):
+        self.gone = True
+        self._stop_watching()
+        self.wake()
+
+    def _stop_watching(self):
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+
+    def close(self):
+        """Give the slot back. A stopping worker also stops reading, so keep-alive ends."""
+        if self in self._streams.open:
+            self._streams.open.discard(self)
+            self._streams.kinds[self.kind] -= 1
+        self._stop_watching()
+        if self._streams.stopping and self._sock is not None:
+            # Otherwise gunicorn would wait on this connection for the client's
+            # next request (up to its keepalive) before the worker may exit.
+            try:
+                self._sock.shutdown(socket.SHUT_RD)
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:
+                    raise
+
+
+def http1_socket(environ):
+    """The client's socket, under gunicorn over HTTP/1.x only: over HTTP/2 it is shared."""
+    if not environ or not environ.get("SERVER_PROTOCOL", "").startswith("HTTP/1"):
+        return None
+    return environ.get("gunicorn.socket")
+
+
+def gevent_is_running():
+    """True under gunicorn's gevent worker, which patches threading before the app loads."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("threading")
+
+
+class GeventClock:
+    """Sleeps and wake-ups for greenlets, with one timer per GRAIN slot, not one per sleep.
+
+    gevent's own sleep makes, starts and stops a libev timer for every call,
+    and every wait with a timeout (a queue's get, an Event's wait) does the
+    same. Here a sleeping stream joins the set of its slot, and the slot's one
+    timer wakes them all; a stream woken earlier leaves its set.
+    """
+
+    def __init__(self):
+        from gevent.hub import Waiter, get_hub
+
+        self._hub = get_hub()
+        self._loop = self._hub.loop
+        self._waiter_class = Waiter
+        self._slots = {}  # slot number -> set of waiters
+
+    def new_waiter(self):
+        return None  # a Waiter per sleep, made in wait()
+
+    def wait(self, stream, deadline):
+        slot = math.ceil(deadline / GRAIN)
+        waiters = self._slots.get(slot)
+        if waiters is None:
+            waiters = self._slots[slot] = set()
+            self._loop.update_now()  # the loop's clock is stale after a busy turn
+            timer = self._loop.timer(max(0.0, slot * GRAIN - time.monotonic()))
+            timer.start(self._ring, slot, timer)
+        waiter = stream.waiter = self._waiter_class(self._hub)
+        waiters.add(waiter)
+        try:
+            waiter.get()
+        finally:
+            stream.waiter = None
+            if self._slots.get(slot) is waiters:
+                waiters.discard(waiter)
+
+    def _ring(self, slot, timer):
+        timer.close()
+        for waiter in self._slots.pop(slot, ()):
+            waiter.switch(None)
+
+    def wake(self, stream):
+        waiter = stream.waiter
+        if waiter is not None:
+            stream.waiter = None  # one wake-up is enough, however many messages came
+            self._loop.run_callback(waiter.switch, None)
+
+    def watch_readable(self, fd, callback):
+        watcher = self._loop.io(fd, 1)  # 1: EV_READ
+        watcher.start(callback)
+        return watcher
+
+
+class ThreadClock:
+    """The same for plain threads (Flask's test client, flask run): an Event per stream."""
+
+    def new_waiter(self):
+        return threading.Event()
+
+    def wait(self, stream, deadline):
+        stream.waiter.wait(max(0.0, deadline - time.monotonic()))
+        stream.waiter.clear()
+
+    def wake(self, stream):
+        stream.waiter.set()
+
+    def watch_readable(self, fd, callback):
+        return None
+
+
+class _Body(itertools.chain):
+    """A started generator as a WSGI body: its first chunk, the rest, then the stream's close.
+
+    A subclass of chain, so each chunk reaches the server from C code with no
+    Python frame in between (every paused frame costs each idle stream memory).
+    The stream closes when the events run out, or at close() if they never do.
+    """
+
+    __slots__ = ("_events", "_stream")
+
+    def __new__(cls, first, events, stream):
+        body = super().__new__(cls, (first,), events, _Closing(stream))
+        body._events, body._stream = events, stream
+        return body
+
+    def close(self):
+        """Called by the server however the response ends (PEP 3333), and for HEAD."""
+        try:
+            self._events.close()  # runs the generator's finally blocks
+        finally:
+            self._stream.close()
+
+
+class _Closing:
+    """An empty iterable that closes a stream when iteration reaches it."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self._stream.close()
+        raise StopIteration
+
+
+def event_stream(make_events, lifetime=True, kind="stream"):
+    """Answer with ``make_events(stream)``, a generator of bytes, as a text/event-stream.
+
+    The generator is run up to its first event here, in the view, so that
+    what it takes first (a subscription, a broker that may be down) is taken
+    while an error can still be an HTTP status; its ``finally`` then runs
+    however the response ends. A request whose body never starts (HEAD)
+    closes it at once: nothing it took stays taken. ``lifetime=False`` keeps
+    SSE_MAX_STREAM_SECONDS from ending this stream; ``kind`` is how /healthz counts it.
+    """
+    stream = current_app.extensions["streams"].start(request.environ, lifetime, kind)
+    events = make_events(stream)
+    try:
+        first = next(events)
+    except StopIteration:
+        first = b""
+    except BaseException:
+        stream.close()
+        raise
+    # direct_passthrough hands the body to the WSGI server as it is: without it
+    # Werkzeug wraps it in two more layers that touch every event.
+    response = Response(_Body(first, events, stream), mimetype="text/event-stream",
+                        direct_passthrough=True)
+    response.headers["Cache-Control"] = "no-cache"
+    if current_app.config["X_ACCEL_BUFFERING"]:
+        response.headers["X-Accel-Buffering"] = "no"  # Nginx: pass each event on at once
+    return response
