@@ -1,6 +1,9 @@
-"""The shipped nginx.conf in front of real gunicorn: delivery, idle streams, HTTP/2, the page."""
+"""The shipped nginx.conf in front of real gunicorn: delivery, idle streams, the per-client
+stream limit, HTTP/2, the page."""
 
+import contextlib
 import json
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -9,6 +12,7 @@ import httpx
 import pytest
 from flask import request
 from httpx_sse import connect_sse
+from servers import wait_until
 
 from app import create_app
 
@@ -114,6 +118,92 @@ def test_without_heartbeats_the_proxy_cuts_an_idle_stream(gunicorn, nginx):
     assert 1.9 < open_for < 4, f"the stream lasted {open_for:.1f} s; the timeout is 2 s"
 
 
+# nginx.conf's limit_conn on the streams location: open streams per client address.
+STREAMS_PER_CLIENT = 100
+# One tick, then silence: the streams only hold their slots. A slow heartbeat keeps
+# 100 of them from busying the machine (nginx's 60 s read timeout is far off).
+QUIET = {"SSE_HEARTBEAT": "30"}
+IDLE_STREAM = "/stream?interval=3600&ping=0"
+
+
+@contextlib.contextmanager
+def open_streams(url, count):
+    """Hold ``count`` idle streams from 127.0.0.1, one socket each; close them on exit.
+
+    Yields the sockets once every one has its ``HTTP/1.1 200`` status line: by
+    then nginx has counted each of them against the client's limit.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    sockets = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.create_connection((host, int(port)), timeout=10))
+            sockets[-1].sendall(f"GET {IDLE_STREAM} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        for sock in sockets:
+            head = b""
+            while b"\r\n" not in head:
+                chunk = sock.recv(4096)
+                assert chunk, f"a stream closed before its status line: {head!r}"
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 200 "), head.split(b"\r\n")[0]
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def one_more_stream(url, source="127.0.0.1"):
+    """Open one more stream from address ``source`` and close it; return the response.
+
+    The body is read only when it is not a 200 (a refusal is short, a stream endless).
+    """
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=5) as client:
+        with client.stream("GET", url + IDLE_STREAM) as response:
+            if response.status_code != 200:
+                response.read()
+    return response
+
+
+def test_one_address_gets_100_streams_then_a_json_429_until_one_closes(gunicorn, nginx):
+    proxy = nginx(gunicorn(env=QUIET))
+    with open_streams(proxy.url, STREAMS_PER_CLIENT) as streams:
+        refused = one_more_stream(proxy.url)
+        assert refused.status_code == 429
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.headers["retry-after"] == "5"
+        error = refused.json()["error"]
+        assert "too many open streams from your address" in error["message"]
+        assert error["type"] == "invalid_request_error"
+        assert error["param"] is None and error["code"] is None
+        apps_own = create_app({"TESTING": True}).test_client().get("/nowhere")
+        assert apps_own.status_code == 404
+        assert error.keys() == apps_own.json["error"].keys()  # the app's error shape
+        chat = httpx.post(proxy.url + "/v1/chat/completions", json={"stream": True})
+        assert chat.status_code == 429  # the other stream routes share the limit
+        assert chat.json()["error"] == error
+
+        streams.pop().close()
+        # nginx frees the slot as soon as it sees the close (milliseconds); 5 s is
+        # slack for a busy 2-core machine, not an expected wait.
+        wait_until(lambda: one_more_stream(proxy.url).status_code == 200, timeout=5,
+                   what="a stream to get in after one of the 100 closed")
+
+
+def test_the_stream_limit_leaves_the_page_healthz_and_other_addresses_alone(gunicorn, nginx):
+    proxy = nginx(gunicorn(env=QUIET))
+    with open_streams(proxy.url, STREAMS_PER_CLIENT):
+        assert one_more_stream(proxy.url).status_code == 429
+        page = httpx.get(proxy.url + "/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        health = httpx.get(proxy.url + "/healthz")
+        assert health.status_code == 200
+        assert health.json()["open_streams"] == STREAMS_PER_CLIENT  # all 100 reached gunicorn
+        # The limit is per address: 127.0.0.2 is this machine too, with slots of its own.
+        assert one_more_stream(proxy.url, source="127.0.0.2").status_code == 200
+
+
 OPEN_EIGHT_EVENT_SOURCES = """() => {
     window.counts = [0, 0, 0, 0, 0, 0, 0, 0];
     window.sources = window.counts.map((_, i) => {
@@ -173,6 +263,37 @@ def test_the_demo_page_counts_through_nginx(gunicorn, nginx, page):
     page.wait_for_function(count_reaches, arg=first + 2, timeout=10_000)
     # nginx serves static/ itself; gunicorn would say "gunicorn" here.
     assert scripts and all(r.ok and r.headers["server"].startswith("nginx") for r in scripts)
+
+
+OPEN_IDLE_EVENT_SOURCES = """(count) => {
+    window.opened = 0;
+    window.refused = 0;
+    window.sources = Array.from({length: count}, () => {
+        const source = new EventSource("/stream?interval=3600&ping=0");
+        source.onopen = () => { window.opened += 1; };
+        // A non-200 answer closes an EventSource for good.
+        source.onerror = () => {
+            if (source.readyState === EventSource.CLOSED) window.refused += 1;
+        };
+        return source;
+    });
+}"""
+
+
+@pytest.mark.browser
+def test_over_http_2_each_stream_counts_against_the_limit(gunicorn, nginx, browser):
+    proxy = nginx(gunicorn(env=QUIET))
+    context = browser.new_context(ignore_https_errors=True)  # the self-signed certificate
+    page = context.new_page()
+    assert page.goto(proxy.https_url + "/healthz").status == 200
+    assert page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
+    page.evaluate(OPEN_IDLE_EVENT_SOURCES, STREAMS_PER_CLIENT + 1)  # multiplexed on that connection
+    page.wait_for_function(f"window.opened + window.refused === {STREAMS_PER_CLIENT + 1}",
+                           timeout=10_000)
+    counts = page.evaluate("({opened: window.opened, refused: window.refused})")
+    page.evaluate("window.sources.forEach(source => source.close())")
+    context.close()
+    assert counts == {"opened": STREAMS_PER_CLIENT, "refused": 1}
 
 
 # Host, Port and Prefix are never trusted: the app needs only who asked and how.

@@ -65,13 +65,20 @@ class Follower:
 async def browsers(count):
     """``count`` HTTP clients, each with its own connections, like separate browsers.
 
-    One shared httpx pool of 200 connections costs the test seconds of CPU when
-    they all end at once, and the clients, not the server, would be measured.
+    Each has its own loopback address too (127.0.0.2, 127.0.0.3, ...): nginx.conf
+    lets one address hold only 100 streams. One shared httpx pool of 200
+    connections costs the test seconds of CPU when they all end at once, and the
+    clients, not the server, would be measured.
     verify=False: plain HTTP here, so skip loading CA certificates 200 times.
     """
+    assert count <= 250, "one loopback address each: 127.0.0.2 to 127.0.0.251"
     async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(httpx.AsyncClient(timeout=30, verify=False))
-               for _ in range(count)]
+        clients = []
+        for n in range(count):
+            transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{n + 2}", verify=False)
+            clients.append(await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, timeout=30)))
+        yield clients
 
 
 @contextlib.asynccontextmanager
