@@ -86,6 +86,8 @@ def read_request(request, max_bytes):
         raise ChatError(400, "the request body must be a JSON object")
     if not isinstance(body.get("model", ""), str):
         raise ChatError(400, "model must be a string", "model")
+    if not is_utf8(body.get("model", "")):
+        raise not_unicode("model")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ChatError(400, "stream must be true or false", "stream")
@@ -102,7 +104,30 @@ def read_request(request, max_bytes):
         if message_text(message.get("content")) is None:
             raise ChatError(400, f"{where}.content must be a string or an array of text parts",
                             f"{where}.content")
+        if not is_utf8(message_text(message["content"])):
+            raise not_unicode(f"{where}.content")
+        if not is_utf8(compact_json(message)):  # any other field goes upstream as UTF-8 too
+            raise not_unicode(where)
     return messages, stream
+
+
+def is_utf8(text):
+    """False for text with a lone surrogate, which UTF-8 cannot encode.
+
+    JSON can carry one (``"\\ud800"`` parses), so a valid request may hold
+    text that fails only later, when the answer that quotes it is encoded or
+    the request is sent upstream: mid-stream, after the 200 has gone out.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def not_unicode(param):
+    return ChatError(400, f"{param} is not valid Unicode: it has a lone surrogate "
+                          "(such as \\ud800), which cannot be encoded as UTF-8", param)
 
 
 def message_text(content):
@@ -201,7 +226,7 @@ class UpstreamModel:
     """The real thing: forward the conversation to an OpenAI-compatible API.
 
     The key stays on the server: it is sent only upstream, in the
-    Authorization header, and scrubbed from any upstream message we pass on.
+    Authorization header, and scrubbed from all upstream text we pass on.
     The upstream model is always ``model`` from the configuration, whatever
     the client asks for: the server decides what its key pays for.
     """
@@ -223,7 +248,7 @@ class UpstreamModel:
         return {"model": self.name, "messages": messages, "stream": stream}
 
     def complete(self, messages):
-        """Ask without streaming and return the upstream's ``chat.completion`` as it is."""
+        """Ask without streaming and return the upstream's ``chat.completion``, scrubbed."""
         with self._client() as client:
             try:
                 response = client.post(self.url, json=self._body(messages, stream=False))
@@ -233,8 +258,8 @@ class UpstreamModel:
         if response.status_code != 200:
             raise ChatError(502, self._refusal(response))
         try:
-            return response.json()
-        except ValueError:
+            return scrub(response.json(), self._key)
+        except (ValueError, RecursionError):  # scrub() walks as deep as the JSON nests
             raise ChatError(502, "the upstream model answered with invalid JSON") from None
 
     def stream(self, messages):
@@ -279,11 +304,11 @@ class UpstreamModel:
                     payload = json.loads(data)
                     if not isinstance(payload, dict):
                         raise ValueError("an event that is not a JSON object")
-                    put(format_event(data))  # the upstream's JSON, unchanged
+                    put(format_event(compact_json(scrub(payload, self._key))))
                     if "error" in payload:  # already in OpenAI's error shape: pass it on, stop
                         return
                 put(error_event("the upstream stream ended before [DONE]"))
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:  # JSON too deep to parse
             if not client.is_closed:  # closed means our client left: nobody to tell
                 put(error_event(self._failure(exc)))
         finally:
@@ -302,11 +327,35 @@ class UpstreamModel:
             reason = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             reason = response.reason_phrase
-        reason = re.sub(r"sk-[\w*-]+", "sk-***", str(reason).replace(self._key, "***"))
+        reason = scrub(str(reason), self._key)
         return f"the upstream model answered {response.status_code}: {reason}"
 
 
 END = object()  # the pump's last word
+
+
+def scrub(value, key):
+    """Replace the key, and anything shaped like an OpenAI key, in every string of ``value``.
+
+    ``value`` is a string or parsed JSON. Its strings are scrubbed (object
+    keys too) and its shape is kept, so what is passed on stays valid JSON;
+    scrubbing parsed text also catches a key written with JSON escapes. The
+    trap: each piece is scrubbed on its own, so a key split across two
+    streamed chunks would pass. Upstreams quote keys whole, in messages.
+
+    >>> scrub({"error": {"message": "bad key s3cret, or sk-proj-a1*b2"}}, "s3cret")
+    {'error': {'message': 'bad key ***, or sk-***'}}
+    >>> scrub(["a task-based, risk-free plan", 3], "s3cret")
+    ['a task-based, risk-free plan', 3]
+    """
+    if isinstance(value, str):
+        # \b: the "sk-" inside "task-based" starts no key.
+        return re.sub(r"\bsk-[\w*-]+", "sk-***", value.replace(key, "***"))
+    if isinstance(value, list):
+        return [scrub(item, key) for item in value]
+    if isinstance(value, dict):
+        return {scrub(name, key): scrub(item, key) for name, item in value.items()}
+    return value
 
 
 def error_event(message):

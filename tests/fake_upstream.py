@@ -54,16 +54,20 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         fake.requests.append((dict(self.headers), body))
         scenario = body["messages"][-1]["content"]
-        if not body["stream"]:
-            return self.send_json(200, {"object": "chat.completion", "model": body["model"],
-                                        "choices": [{"index": 0, "finish_reason": "stop",
-                                                     "message": {"role": "assistant",
-                                                                 "content": scenario}}]})
+        # The leak-* scenarios quote the key the app sent, as a careless upstream might.
+        key = self.headers["Authorization"].removeprefix("Bearer ")
         if scenario == "refuse":
-            key = self.headers["Authorization"].removeprefix("Bearer ")
             return self.send_json(401, {"error": {
                 "message": f"Incorrect API key provided: {key}, or sk-abc***xyz",
                 "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+        if not body["stream"]:
+            leak = scenario == "leak-whole"
+            return self.send_json(200, {
+                "object": "chat.completion", "model": body["model"],
+                "system_fingerprint": key if leak else None,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant",
+                                         "content": f"Your key is {key}." if leak else scenario}}]})
         self.start_stream()
         self.event(chunk({"role": "assistant", "content": ""}))
         if scenario == "ok":
@@ -87,6 +91,21 @@ class Handler(BaseHTTPRequestHandler):
             self.event(chunk({"content": "fine"}))
             self.event({"error": {"message": "overloaded", "type": "server_error",
                                   "param": None, "code": None}})
+            self.wait_until_gone(scenario, timeout=10)
+        elif scenario == "leak-chunk":
+            self.event(chunk({"content": f"Your key is {key}."}))
+            # The same key with every character a JSON escape: only the parsed text shows it.
+            escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+            again = json.dumps(chunk({"content": " Again: KEY."})).replace("KEY", escaped)
+            self.send_text(f"data: {again}\n\n")
+            self.event(chunk({"content": " Another: sk-proj-Other_key-123."}))
+            self.event(chunk({}, "stop"))
+            self.send_text("data: [DONE]\n\n")
+            self.end_stream()
+        elif scenario == "leak-error":
+            self.event(chunk({"content": "fine"}))
+            self.event({"error": {"message": f"quota exceeded for {key}, or sk-abc***xyz",
+                                  "type": "server_error", "param": None, "code": None}})
             self.wait_until_gone(scenario, timeout=10)
         elif scenario == "reset":
             self.event(chunk({"content": "fine"}))

@@ -140,6 +140,38 @@ def test_bad_chat_request_gets_400_naming_the_parameter(client, body, param):
     assert stream_counts(client) == (0, 0)
 
 
+# json.dumps writes a lone surrogate as the escape \ud800: valid JSON, but no UTF-8 can carry it.
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
+        ({"messages": [USER, {"role": "user", "content": "a\udfffb"}]}, "messages[1].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud83d"},
+                                                     {"type": "text", "text": "\ude00"}]}]},
+         "messages[0].content"),  # half a pair in each part: joined, they are still two halves
+        ({"messages": [USER], "model": "gpt-\ud800"}, "model"),
+        ({"messages": [{**USER, "name": "\ud800"}]}, "messages[0]"),  # forwarded upstream too
+    ],
+)
+def test_text_that_utf8_cannot_encode_gets_400_naming_the_parameter(client, body, param):
+    response = client.post(URL, data=json.dumps({"stream": True, **body}),
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["error"]["param"] == param
+    assert param in response.json["error"]["message"]
+    assert "not valid Unicode" in response.json["error"]["message"]
+    assert response.json["error"]["type"] == "invalid_request_error"
+    assert stream_counts(client) == (0, 0)
+
+
+def test_an_escaped_surrogate_pair_is_one_character_and_welcome(client):
+    body = json.dumps({"messages": [{"role": "user", "content": "Hi 😀"}]})
+    assert "\\ud83d\\ude00" in body
+    response = client.post(URL, data=body, content_type="application/json")
+    assert response.status_code == 200
+    assert "“Hi 😀”" in response.json["choices"][0]["message"]["content"]
+
+
 @pytest.mark.parametrize(
     "raw",
     [b"{", b'{"messages": [}', b"", b'{"messages": "\xff"}', b"[" * 5000],
@@ -263,6 +295,18 @@ def test_chunked_body_over_the_limit_gets_413_on_gunicorn(gunicorn):
     assert response.status_code == 413
 
 
+def test_text_that_utf8_cannot_encode_gets_400_on_gunicorn_and_the_next_chat_streams(gunicorn):
+    server = gunicorn(env={"SSE_CHAT_TOKEN_DELAY": "0.001"})
+    bad = json.dumps({"messages": [{"role": "user", "content": "\ud800"}], "stream": True})
+    response = httpx.post(server.url + URL, content=bad,
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages[0].content"
+    events = chat_events(server, "How does Stop work?")
+    assert events[-1] == "[DONE]"
+    assert "AbortController" in content_of(events)
+
+
 # --- Proxy mode: real gunicorn in front of a fake OpenAI on loopback ---------------------------
 
 @pytest.fixture(scope="module")
@@ -345,6 +389,38 @@ def test_upstream_refusal_becomes_an_error_event_without_the_key(proxy):
     with pytest.raises(openai.APIError, match="answered 401"):
         list(stream)
     assert KEY not in proxy.output_hint()  # nor in gunicorn's logs
+
+
+@pytest.mark.parametrize(
+    ("scenario", "stream", "shown"),
+    [
+        ("leak-chunk", True, ['"content": "Your key is ***."', '"content": " Again: ***."',
+                              '"content": " Another: sk-***."']),
+        ("leak-error", True, ['"message": "quota exceeded for ***, or sk-***"']),
+        ("refuse", True, ["answered 401: Incorrect API key provided: ***, or sk-***"]),
+        ("leak-whole", False, ['"content": "Your key is ***."', '"system_fingerprint": "***"']),
+        ("refuse", False, ["answered 401: Incorrect API key provided: ***, or sk-***"]),
+    ],
+)
+def test_the_key_reaches_neither_the_client_nor_the_log(proxy, upstream, scenario, stream, shown):
+    body = {"messages": [{"role": "user", "content": scenario}], "stream": stream}
+    response = httpx.post(proxy.url + URL, json=body, timeout=10)
+    if scenario == "leak-error":  # first, so a failure below leaves no report for other tests
+        gone_scenario, _ = upstream.gone.get(timeout=5)
+        assert gone_scenario == scenario
+    assert response.status_code == (502 if scenario == "refuse" and not stream else 200)
+    raw = response.text
+    datas = ([line.removeprefix("data: ") for line in raw.split("\n") if line.startswith("data: ")]
+             if stream else [raw])
+    # Parsed, a JSON escape such as \u0073 is the letter it stands for: check that text too.
+    texts = [json.dumps(json.loads(data), ensure_ascii=False) for data in datas if data != "[DONE]"]
+    for text in [raw, *texts]:
+        assert KEY not in text and "sk-abc" not in text and "Other_key" not in text
+    for piece in shown:  # the leak was there, and the client got it scrubbed, in valid JSON
+        assert any(piece in text for text in texts), piece
+    if scenario == "leak-chunk":
+        assert datas[-1] == "[DONE]"
+    assert KEY not in proxy.output_hint()
 
 
 @pytest.mark.parametrize(
