@@ -28,6 +28,7 @@ Nobody waits for it, and it never holds more than its queue.
 """
 
 import collections
+import heapq
 import json
 import logging
 import re
@@ -38,7 +39,8 @@ from sse import format_event
 
 log = logging.getLogger(__name__)
 
-# Entries one XREAD may return: bounds the reader's memory per read.
+# Entries one XREAD or XRANGE may return: bounds the memory of one read (the
+# reader's, or one replay's page of the history) to 100 x BROADCAST_MAX_BYTES.
 READ_BATCH = 100
 # How long one XREAD blocks in Redis before it is asked again.
 READ_BLOCK_MS = 5000
@@ -53,6 +55,7 @@ POOL_SIZE = 10
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 # Bytes one write may carry from a subscriber's queue or replay.
 CHUNK_BYTES = 64 * 1024
+_UNSEEN = object()  # an entry this worker has not formatted yet
 
 
 class BrokerUnavailable(Exception):
@@ -248,9 +251,13 @@ class RedisBroker:
     Publishing is XADD with an exact MAXLEN, so the stream is the replay
     history and its entry ids are the SSE ids. Each worker process runs one
     reader, started by its first subscriber, that blocks in XREAD and hands
-    each entry, formatted once, to the local subscribers: one reading
-    connection per worker however many clients listen. When Redis goes away
-    the reader retries with backoff and reads on from the last id it saw.
+    each entry to the local subscribers: one reading connection per worker
+    however many clients listen. When Redis goes away the reader retries with
+    backoff and reads on from the last id it saw.
+
+    Each entry is formatted once per worker, for the reader and every replay
+    alike, and kept for the newest ``history`` ids: a thousand clients that
+    replay the whole history hold one copy of it between them, not a thousand.
     """
 
     name = "redis"
@@ -263,14 +270,17 @@ class RedisBroker:
         # Neither client connects before its first command: importing app.py stays quiet.
         # One retry replaces a pooled connection that died with a Redis restart; more
         # would hold a POST for seconds while Redis is down.
+        # Both clients return bytes: anything may write to the stream, and a value
+        # that is not UTF-8 would fail a decoding client's whole reply (and kill the
+        # reader). _entries decodes each entry on its own and skips a bad one.
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, timeout=5, decode_responses=True,
+            url, max_connections=POOL_SIZE, timeout=5,
             socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 1))
         self._redis = redis.Redis(connection_pool=pool)
         # The reader's socket timeout must outlast its blocking XREAD. Its own
         # loop does the retrying, with backoff.
         self._reader = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2,
+            url, socket_connect_timeout=2,
             socket_timeout=READ_BLOCK_MS / 1000 + 5, retry=Retry(NoBackoff(), 0))
         self._stream = stream
         self._history = history
@@ -278,6 +288,11 @@ class RedisBroker:
         self._start_lock = threading.Lock()
         self._reading = False
         self._closed = threading.Event()
+        # This worker's formatted entries: {key: SSE text, or None for one to skip},
+        # and the same keys in a heap, to forget the oldest first.
+        self._texts = {}
+        self._text_keys = []
+        self._texts_lock = threading.Lock()
 
     @property
     def subscribers(self):
@@ -288,9 +303,11 @@ class RedisBroker:
 
         fields = {"data": data} if event is None else {"data": data, "event": event}
         try:
-            return self._redis.xadd(self._stream, fields, maxlen=self._history, approximate=False)
+            entry_id = self._redis.xadd(self._stream, fields, maxlen=self._history,
+                                        approximate=False)
         except RedisError as exc:
             raise BrokerUnavailable(str(exc)) from exc
+        return entry_id.decode()
 
     def subscribe(self, last_event_id=None, wake=None):
         from redis import RedisError
@@ -303,7 +320,7 @@ class RedisBroker:
             try:
                 if last_event_id:
                     self._fill_replay(subscription, parse_id(last_event_id))
-            except RedisError:
+            except Exception:  # Redis, or a history that moved on faster than it was read
                 self._subscribers.discard(subscription)
                 raise
         except RedisError as exc:
@@ -320,13 +337,33 @@ class RedisBroker:
 
     def _fill_replay(self, subscription, key):
         if key is not None:
-            since = self._entries(self._redis.xrange(self._stream, min=format_id(key)))
-            if since and since[0][0] == key:  # its id is still kept: it missed exactly the rest
+            since = self._read_history(after=format_id(key).encode())
+            if since is not None:  # its id is still kept: it missed exactly the rest
                 subscription.after = key
-                subscription.replay(since[1:])
+                subscription.replay(since)
                 return
-        history = self._entries(self._redis.xrange(self._stream))
+        history = self._read_history()
+        if history is None:
+            raise BrokerUnavailable("the history moved on faster than it could be read")
         subscription.replay(history, reset=reset_event(key, history))
+
+    def _read_history(self, after=None):
+        """Return the kept (key, text) entries after the id ``after``, or all of them.
+
+        Read in pages of READ_BATCH, so that a replay never holds the whole
+        history's reply at once. Each page starts at the last entry of the page
+        before: finding it again proves nothing between them was trimmed while
+        we read. None when ``after`` is not kept, or was trimmed while we read.
+        """
+        entries = []
+        while True:
+            page = self._redis.xrange(self._stream, min=after or b"-", count=READ_BATCH)
+            if after is not None and (not page or page[0][0] != after):
+                return None
+            entries += self._entries(page if after is None else page[1:])
+            if len(page) < READ_BATCH:
+                return entries
+            after = page[-1][0]
 
     def _start_reader(self):
         """Start this process's one reader at the newest entry, unless it runs already."""
@@ -334,7 +371,7 @@ class RedisBroker:
             if self._reading:
                 return
             newest = self._redis.xrevrange(self._stream, count=1)
-            position = newest[0][0] if newest else "0-0"
+            position = newest[0][0] if newest else b"0-0"
             # Under gevent's patching (gunicorn's gevent worker) this thread is a greenlet.
             threading.Thread(target=self._read_forever, args=(position,),
                              name="broadcast-reader", daemon=True).start()
@@ -352,7 +389,7 @@ class RedisBroker:
                 if self._closed.is_set():
                     break
                 log.warning("broadcast reader: %s; reading again from %s in %.1f s",
-                            exc, position, delay)
+                            exc, position.decode(), delay)
                 self._closed.wait(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -363,15 +400,42 @@ class RedisBroker:
                 position = entries[-1][0]
         self._reader.close()
 
-    @staticmethod
-    def _entries(raw):
-        """Turn XRANGE/XREAD entries into (key, SSE text), skipping any not written by publish."""
+    def _entries(self, raw):
+        """Turn XRANGE/XREAD entries into (key, SSE text), skipping any not written by publish.
+
+        The text for a key is this worker's one copy: formatted by whoever
+        meets the entry first, the reader or a replay, and shared after that.
+        """
         entries = []
         for entry_id, fields in raw:
-            try:
-                text = format_event(fields["data"], event=fields.get("event"), id=entry_id)
-            except (KeyError, ValueError) as exc:
-                log.warning("skipping stream entry %s: %r", entry_id, exc)
-                continue
-            entries.append((parse_id(entry_id), text))
+            key = parse_id(entry_id.decode())  # Redis makes ids, always ASCII <ms>-<seq>
+            with self._texts_lock:
+                text = self._texts.get(key, _UNSEEN)
+            if text is _UNSEEN:  # formatted outside the lock: it may take a while
+                text = self._keep(key, _format_entry(entry_id, fields))
+            if text is not None:
+                entries.append((key, text))
         return entries
+
+    def _keep(self, key, text):
+        """Keep ``text`` for ``key``, and the newest ``history`` keys; return the kept text."""
+        with self._texts_lock:
+            if key in self._texts:  # a replay or the reader formatted it meanwhile
+                return self._texts[key]
+            self._texts[key] = text
+            heapq.heappush(self._text_keys, key)
+            # Like the stream: the oldest go first, whatever order they were read in.
+            while len(self._text_keys) > self._history:
+                del self._texts[heapq.heappop(self._text_keys)]
+        return text
+
+
+def _format_entry(entry_id, fields):
+    """Return a stream entry as SSE text, or None (with a warning) when publish did not write it."""
+    try:
+        event = fields.get(b"event")
+        return format_event(fields[b"data"].decode(), id=entry_id.decode(),
+                            event=None if event is None else event.decode())
+    except Exception as exc:  # one bad entry must never end the reader or a replay
+        log.warning("skipping stream entry %s: %r", entry_id.decode(), exc)
+        return None

@@ -224,3 +224,118 @@ def _try_publish(broker, data):
         return broker.publish(data)
     except BrokerUnavailable:
         return None
+
+
+def test_redis_replays_share_one_copy_of_each_entry_however_many_subscribe(redis_broker):
+    broker = redis_broker(history=300)
+    sent = [broker.publish(f'"{n}"') for n in range(300)]
+    subscriptions = [broker.subscribe(last_event_id="unknown") for _ in range(50)]
+    backlogs = [subscription.backlog[1:] for subscription in subscriptions]  # after the reset
+    assert ids(backlogs[0]) == sent
+    # 50 subscribers cost one copy of the history, not 50.
+    assert len({id(text) for backlog in backlogs for text in backlog}) == len(sent)
+    live = broker.publish('"live"')
+    first, second = (take(s, 302) for s in subscriptions[:2])  # reset, history, then live
+    assert ids(first[1:]) == [*sent, live]
+    assert all(a is b for a, b in zip(first[1:], second[1:], strict=True))
+
+
+@pytest.mark.parametrize("last_event_id", ["unknown", "known"])
+def test_redis_replay_reads_the_history_in_pages_without_a_gap_or_duplicate(
+        redis_broker, monkeypatch, last_event_id):
+    from broker import READ_BATCH
+
+    broker = redis_broker(history=3 * READ_BATCH)
+    sent = [broker.publish(str(n)) for n in range(int(2.5 * READ_BATCH))]
+    replies = []
+    xrange = broker._redis.xrange
+    monkeypatch.setattr(broker._redis, "xrange",
+                        lambda *args, **kwargs: replies.append(xrange(*args, **kwargs))
+                        or replies[-1])
+    if last_event_id == "known":
+        subscription, expected = broker.subscribe(last_event_id=sent[10]), sent[11:]
+    else:
+        subscription, expected = broker.subscribe(last_event_id="unknown"), sent
+    texts = [text for text in subscription.backlog if not text.startswith("event: reset")]
+    assert ids(texts) == expected  # across page boundaries: in order, none twice, none missing
+    assert len(replies) >= 3
+    assert max(len(reply) for reply in replies) <= READ_BATCH  # never the whole history at once
+
+
+def flood_after_the_first_page(broker, monkeypatch, sent, count):
+    """Make the first XRANGE of a replay publish ``count`` more messages once it has read."""
+    xrange = broker._redis.xrange
+
+    def xrange_then_publish_a_flood(*args, **kwargs):
+        reply = xrange(*args, **kwargs)
+        monkeypatch.setattr(broker._redis, "xrange", xrange)  # only after the first page
+        sent.extend(broker.publish(f"flood {n}") for n in range(count))
+        return reply
+
+    monkeypatch.setattr(broker._redis, "xrange", xrange_then_publish_a_flood)
+
+
+def test_redis_replay_never_skips_what_was_trimmed_while_it_read_the_pages(
+        redis_broker, monkeypatch):
+    from broker import READ_BATCH
+
+    broker = redis_broker(history=2 * READ_BATCH)
+    sent = [broker.publish(str(n)) for n in range(2 * READ_BATCH)]
+    # The first page was read, then the rest of the history it was reading was trimmed.
+    flood_after_the_first_page(broker, monkeypatch, sent, 2 * READ_BATCH)
+    backlog = broker.subscribe(last_event_id=sent[0]).backlog
+    if backlog[0].startswith("event: reset"):  # what it missed is gone: it is told so
+        start = json.loads(backlog.pop(0).split("data: ")[1])["history_from"]
+    else:
+        start = sent[1]
+    got = ids(backlog)
+    assert got == sent[sent.index(start):][:len(got)]  # from there on, nothing left out
+
+
+def test_a_whole_redis_history_trimmed_while_read_is_refused_not_cut_short(
+        redis_broker, monkeypatch):
+    from broker import READ_BATCH
+
+    broker = redis_broker(history=2 * READ_BATCH)
+    sent = [broker.publish(str(n)) for n in range(2 * READ_BATCH)]
+    flood_after_the_first_page(broker, monkeypatch, sent, 2 * READ_BATCH)
+    with pytest.raises(BrokerUnavailable):  # the client retries, as when Redis is down
+        broker.subscribe(last_event_id="unknown")
+    assert broker.subscribers == 0
+
+
+# Entries another writer put in the stream (redis-cli, a script): not UTF-8, or not an event.
+NOT_PUBLISHED = [{b"data": b"\xff"}, {b"data": b"ok", b"event": b"\xfe"}, {b"\xff": b"ok"},
+                 {b"data": b"ok", b"event": b"a\nb"}]
+
+
+@pytest.mark.parametrize("fields", NOT_PUBLISHED)
+def test_a_redis_entry_not_written_by_publish_is_skipped_by_replay(
+        redis_server, redis_broker, fields):
+    import redis
+
+    raw = redis.Redis.from_url(redis_server.url)  # bytes in, bytes out: anything can be written
+    broker = redis_broker()
+    before = broker.publish('"before"')
+    raw.xadd("sse:broadcast", fields)
+    after = broker.publish('"after"')
+    replayed = broker.subscribe(last_event_id=before)
+    reset, *kept = take(broker.subscribe(last_event_id="unknown"), 3)
+    assert ids(kept) == [before, after]
+    later = broker.publish('"later"')
+    assert ids(take(replayed, 2)) == [after, later]
+
+
+@pytest.mark.parametrize("fields", NOT_PUBLISHED)
+def test_a_redis_entry_not_written_by_publish_is_skipped_by_the_reader_which_reads_on(
+        redis_server, redis_broker, fields):
+    import redis
+
+    raw = redis.Redis.from_url(redis_server.url)
+    broker = redis_broker()
+    first, second = broker.subscribe(), broker.subscribe()
+    for n in range(2):
+        raw.xadd("sse:broadcast", fields)
+        good = broker.publish(str(n))
+        assert ids(take(first, 1)) == [good]
+        assert ids(take(second, 1)) == [good]
