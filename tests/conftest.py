@@ -40,9 +40,10 @@ def gunicorn(tmp_path):
 
     ``port=`` restarts a server where an earlier one listened, as a deploy would.
     """
-    def start_one(env=None, args=(), port=None):
+    def start_one(env=None, args=(), port=None, open_files=None):
         settings = {f"SSE_{key}": str(value) for key, value in FAST.items()}
-        return start_gunicorn(tmp_path, env={**settings, **(env or {})}, args=args, port=port)
+        return start_gunicorn(tmp_path, env={**settings, **(env or {})}, args=args, port=port,
+                              open_files=open_files)
 
     yield from stopped_after(start_one)
 

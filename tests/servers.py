@@ -8,6 +8,7 @@ PID it was started with.
 import asyncio
 import concurrent.futures
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -74,12 +75,14 @@ def run_async(coroutine):
 class Server:
     """A process we started, its URL, and how to stop it."""
 
-    def __init__(self, args, url, ready_url, env=None, cwd=ROOT, log=None):
+    def __init__(self, args, url, ready_url, env=None, cwd=ROOT, log=None, open_files=None):
         self.args, self.url = args, url
         self.log = log
         self.proc = subprocess.Popen(
             args, cwd=cwd, env={**os.environ, **(env or {})},
-            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            preexec_fn=open_files and (lambda: resource.setrlimit(
+                resource.RLIMIT_NOFILE, (open_files, open_files))))
         try:
             wait_until(lambda: self.proc.poll() is not None or answers(ready_url),
                        timeout=20, what=f"{args[0]} to answer {ready_url}")
@@ -115,14 +118,17 @@ class Server:
         return "; output:\n" + Path(self.log.name).read_text()[-3000:]
 
 
-def start_gunicorn(log_dir, env=None, args=(), port=None):
-    """Run ``gunicorn app:app`` from the repo with our gunicorn.conf.py on a free port."""
+def start_gunicorn(log_dir, env=None, args=(), port=None, open_files=None):
+    """Run ``gunicorn app:app`` from the repo with our gunicorn.conf.py on a free port.
+
+    ``open_files`` lowers its open-file limit, soft and hard, as ``ulimit -n`` would.
+    """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(Path(log_dir) / f"gunicorn-{port}.log", "w")
     cmd = [sys.executable, "-m", "gunicorn", "app:app", "--bind", f"127.0.0.1:{port}",
            "--access-logfile", "-", *args]
-    return Server(cmd, url, url + "/healthz", env=env, log=log)
+    return Server(cmd, url, url + "/healthz", env=env, log=log, open_files=open_files)
 
 
 # The README's (and the Makefile's) command for a local self-signed certificate,

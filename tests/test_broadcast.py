@@ -155,6 +155,19 @@ def test_the_stream_cap_applies_to_broadcast_streams():
         ('{"data": 1, "event": "' + "x" * 65 + '"}', "application/json", 400, "event"),
         ('{"data": 1, "event": 7}', "application/json", 400, "event"),
         ('{"data": 1, "event": "reset"}', "application/json", 400, "event"),
+        # EventSource fires these itself: a message named so would pass for a failed
+        # or a new connection on every page.
+        ('{"data": 1, "event": "error"}', "application/json", 400, "event"),
+        ('{"data": 1, "event": "open"}', "application/json", 400, "event"),
+        # Numbers JavaScript cannot read back as sent.
+        ('{"data": 1e400}', "application/json", 400, None),
+        ('{"data": [-1e309]}', "application/json", 400, None),
+        ('{"data": ' + "9" * 400 + "}", "application/json", 400, None),
+        ('{"data": Infinity}', "application/json", 400, None),
+        # Valid JSON, but text that cannot be sent as UTF-8.
+        ('{"data": "\\ud800"}', "application/json", 400, "data"),
+        ('{"data": {"k": ["a\\udfffb"]}}', "application/json", 400, "data"),
+        ('{"data": 1, "event": "a\\ud800"}', "application/json", 400, "event"),
         ('{"data": "' + "x" * 16384 + '"}', "application/json", 413, None),
     ],
 )
@@ -169,6 +182,12 @@ def test_bad_posts_answer_with_a_json_error_and_publish_nothing(
     next(reader)
     assert json.loads(next(reader).split("data: ")[1])["history_from"] is None  # nothing kept
     stream.close()
+
+
+@pytest.mark.parametrize("data", [1e308, -2.5e-300, 10**300, "\ud83d\ude00", "\u2028"])
+def test_numbers_a_double_holds_and_any_valid_text_are_accepted(client, data):
+    response = client.post("/broadcast", json={"data": data})
+    assert response.status_code == 202
 
 
 def test_the_largest_allowed_message_is_accepted():

@@ -89,6 +89,15 @@ def test_resuming_past_the_limit_ends_at_once(client):
         ("limit=ten", "limit"),
         ("ping=0.0001", "ping"),
         ("ping=x", "ping"),
+        # Only plain ASCII digits: float() and int() would take every one of these.
+        ("interval=1_000", "interval"),
+        ("interval=%EF%BC%91", "interval"),  # fullwidth digit one
+        ("interval=%D9%A1", "interval"),  # Arabic-Indic digit one
+        ("interval=1e3", "interval"),
+        ("interval=%201", "interval"),
+        ("limit=%D9%A1%D9%A2", "limit"),
+        ("limit=+5", "limit"),
+        ("ping=" + "9" * 400, "ping"),
     ],
 )
 def test_bad_query_parameters_get_400_naming_the_parameter(client, app, query, param):
@@ -178,11 +187,19 @@ def test_wrong_method_answers_json_405_with_allow(client):
     assert response.json["error"]["message"]
 
 
-def test_page_only_runs_its_own_scripts(client):
+def test_page_only_runs_its_own_scripts_and_no_shared_cache_keeps_it(client):
     response = client.get("/")
     assert response.status_code == 200
     csp = response.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert response.headers["Cache-Control"] == "private, no-cache"
+
+
+def test_a_forwarded_prefix_never_reaches_the_page_even_behind_a_trusted_proxy():
+    client = create_app({**FAST, "TRUST_PROXY": 1}).test_client()
+    page = client.get("/", headers={"X-Forwarded-Prefix": "//evil.example"}).text
+    assert "evil.example" not in page
+    assert 'src="/static/stream.js"' in page
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,220 @@
+"""What one client can do to the others, under real gunicorn: nothing it holds is unbounded.
+
+Each test here is an attack that once worked (HEADs that leaked stream slots,
+clients that left or stopped reading and kept their slots, bodies dripped a
+byte at a time, too few open files, a stop held up by keep-alive) and now
+meets a bound, a clear answer, or both.
+"""
+
+import asyncio
+import json
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from servers import run_async, wait_until
+
+
+def health(server):
+    return httpx.get(server.url + "/healthz", timeout=5).json()
+
+
+def port_of(server):
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def raw_stream(server, path, rcvbuf=None):
+    """A socket that sent ``GET path`` and read the status line; it reads no further."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port_of(server)))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert sock.recv(12) == b"HTTP/1.1 200"
+    return sock
+
+
+@pytest.mark.parametrize("behind_nginx", [False, True], ids=["direct", "through-nginx"])
+def test_head_requests_hold_nothing_on_any_stream_route(gunicorn, nginx, behind_nginx):
+    upstream = gunicorn(env={"SSE_MAX_STREAMS": "2"})
+    url = nginx(upstream).url if behind_nginx else upstream.url
+    for path in ["/stream", "/broadcast"] * 3:  # a leak would fill the cap of 2 at once
+        response = httpx.head(url + path, timeout=5)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert (health(upstream)["open_streams"], health(upstream)["broadcast_subscribers"]) == (0, 0)
+    with httpx.stream("GET", url + "/broadcast", timeout=5) as response:
+        assert response.status_code == 200  # the slots are all still free
+
+
+def test_a_client_that_closes_is_let_go_at_once_not_at_a_heartbeat(gunicorn):
+    server = gunicorn(env={"SSE_HEARTBEAT": "60"})  # a write would notice only after minutes
+    sockets = [raw_stream(server, path) for path in
+               ["/stream?interval=3600&ping=0", "/broadcast"] * 50]
+    assert health(server)["open_streams"] == 100
+    for sock in sockets:
+        sock.close()
+    # The socket is watched: its end of file is seen within the loop's next turn.
+    wait_until(lambda: health(server)["open_streams"] == 0, timeout=2,
+               what="every stream to be released")
+    assert health(server)["broadcast_subscribers"] == 0
+
+
+def test_clients_that_stop_reading_are_cut_off_after_the_write_timeout(gunicorn):
+    server = gunicorn(env={"SSE_WRITE_TIMEOUT": "1", "SSE_BROADCAST_MAX_BYTES": "70000",
+                           "SSE_BROADCAST_QUEUE": "4", "SSE_HEARTBEAT": "60"})
+    stalled = [raw_stream(server, "/broadcast", rcvbuf=4096) for _ in range(20)]
+    with httpx.Client(timeout=10) as client:
+        with client.stream("GET", server.url + "/broadcast") as reader:
+            lines = reader.iter_lines()
+            wait_until(lambda: health(server)["broadcast_subscribers"] == 21, timeout=5,
+                       what="21 subscribers")
+            for _ in range(12):  # 12 x 60 kB: more than a small socket buffer and a queue
+                response = client.post(server.url + "/broadcast", json={"data": "x" * 60_000})
+                assert response.status_code == 202
+                assert next(line for line in lines if line.startswith("data: "))
+            # Their writes block on a full window; TCP_USER_TIMEOUT ends them 1 s later.
+            # The slack covers the kernel's zero-window probe timer.
+            wait_until(lambda: health(server)["open_streams"] == 1, timeout=15,
+                       what="the stalled streams to be cut off")
+    for sock in stalled:
+        sock.close()
+    assert "Traceback" not in Path(server.log.name).read_text()  # not one per stalled client
+
+
+def test_a_write_timeout_is_logged_in_one_line():
+    import logging
+    import runpy
+
+    config = runpy.run_path("gunicorn.conf.py")
+    try:
+        raise TimeoutError(110, "Connection timed out")
+    except TimeoutError:
+        record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1,
+                                   "Socket error processing request.", (), sys.exc_info())
+    assert config["one_line_for_stalled_clients"](record)
+    assert record.getMessage() == (
+        "closed a connection whose client stopped reading: [Errno 110] Connection timed out")
+    assert (record.levelname, record.exc_info) == ("INFO", None)
+
+
+def drip(server, path, seconds_per_byte, give_up_after=6, length=10_000):
+    """POST ``path`` announcing ``length`` bytes, send one byte per interval; return the reply.
+
+    Stops when the server answers and closes, or after ``give_up_after`` seconds.
+    """
+    sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=5)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {length}\r\n\r\n".encode())
+    reply, deadline = b"", time.monotonic() + give_up_after
+    while time.monotonic() < deadline:
+        if select.select([sock], [], [], seconds_per_byte)[0]:
+            data = sock.recv(4096)
+            if not data:  # the server closed the connection
+                break
+            reply += data
+        else:
+            try:
+                sock.send(b" ")
+            except OSError:  # closed under us
+                break
+    sock.close()
+    return reply
+
+
+@pytest.mark.parametrize("path", ["/broadcast", "/v1/chat/completions"])
+def test_a_body_dripped_a_byte_at_a_time_gets_408_and_the_connection_closes(gunicorn, path):
+    server = gunicorn(env={"SSE_BODY_TIMEOUT": "1"})
+    started = time.monotonic()
+    reply = drip(server, path, seconds_per_byte=0.1)
+    took = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 408"), f"after {took:.1f} s: {reply[:200]}"
+    body = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["message"] == "the request body did not arrive within 1 s"
+    assert took < 3, f"the connection stayed open {took:.1f} s"  # 1 s, and slack for a busy CI
+
+
+def test_the_stream_cap_follows_a_low_open_file_limit(gunicorn):
+    server = gunicorn(open_files=256)
+    limit = health(server)["max_streams"]
+    assert 0 < limit < 256  # files are kept for everything that is not a stream
+    assert f"holds at most {limit} streams" in Path(server.log.name).read_text()
+
+    async def main():
+        async def one():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+            writer.write(b"GET /stream?interval=5&ping=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+            status = (await reader.readline()).split()[1]
+            return status, writer
+
+        answers = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(limit + 50))), 30)
+        statuses = [status for status, _ in answers]
+        healthy = httpx.get(server.url + "/healthz", timeout=5).status_code
+        for _, writer in answers:
+            writer.close()
+        return statuses, healthy
+
+    statuses, healthy = run_async(main())
+    # Every client got an answer, none hung: the streams up to the cap, 503 for the rest.
+    assert (statuses.count(b"200"), statuses.count(b"503")) == (limit, 50)
+    assert healthy == 200
+
+
+def test_a_stop_is_not_held_up_by_clients_keeping_their_connections_alive(gunicorn):
+    server = gunicorn(env={"SSE_HEARTBEAT": "5"})
+    clients = 1000
+
+    async def main():
+        async def one():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+            writer.write(b"GET /stream?interval=1&ping=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            opened.append(1)
+            # Read to the end of the chunked body, then keep the connection, as a browser does.
+            body = await reader.readuntil(b"\r\n0\r\n\r\n")
+            ended.append(body)
+            return writer
+
+        opened, ended = [], []
+        tasks = [asyncio.create_task(one()) for _ in range(clients)]
+        while len(opened) < clients:
+            await asyncio.sleep(0.05)
+        stop_at = time.monotonic()
+        server.send(signal.SIGTERM)
+        writers = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        while server.proc.poll() is None and time.monotonic() - stop_at < 15:
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - stop_at
+        for writer in writers:
+            writer.close()
+        return took, len(ended)
+
+    took, ended = run_async(main())
+    assert ended == clients  # every stream ended cleanly, with the chunked end
+    # graceful_timeout is 5 s: without closing kept-alive connections the worker waited it out.
+    assert took < 5, f"gunicorn took {took:.1f} s to stop"
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_a_message_that_cannot_be_sent_is_refused_and_cuts_no_stream(gunicorn, redis_server,
+                                                                      broker):
+    env = {"REDIS_URL": redis_server.url} if broker == "redis" else {}
+    server = gunicorn(env=env)
+    with httpx.Client(timeout=10) as client:
+        with client.stream("GET", server.url + "/broadcast") as stream:
+            lines = stream.iter_lines()
+            for body in ['{"data": "\\ud800"}', '{"data": 1e400}', '{"data": -1e999}',
+                         '{"data": 1, "event": "\\udfff"}']:
+                response = client.post(server.url + "/broadcast", content=body,
+                                       headers={"Content-Type": "application/json"})
+                assert response.status_code == 400, body
+                assert response.json()["error"]["type"] == "invalid_request_error"
+            assert client.post(server.url + "/broadcast", json={"data": "fine"}).status_code == 202
+            # The same connection, still open: the refused ones never reached it.
+            assert next(line for line in lines if line.startswith("data: ")) == 'data: "fine"'
