@@ -34,8 +34,10 @@ timeout = int(os.environ.get("TIMEOUT", "30"))
 # below), so this only bounds how long other requests may take to finish.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "5"))
 
-# Seconds an idle keep-alive connection stays open between requests.
-keepalive = int(os.environ.get("KEEPALIVE", "5"))
+# Seconds an idle keep-alive connection stays open between requests. The gevent
+# worker also gives a request's headers this long to arrive, and with 0 it would
+# wait for them for ever (a client could trickle a header a minute): at least 1.
+keepalive = max(1, int(os.environ.get("KEEPALIVE", "5")))
 
 # Never preload with gevent: the app would be imported before the worker
 # patches the standard library, and its sockets and locks would block.

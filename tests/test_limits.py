@@ -140,6 +140,20 @@ def test_a_body_dripped_a_byte_at_a_time_gets_408_and_the_connection_closes(guni
     assert took < 3, f"the connection stayed open {took:.1f} s"  # 1 s, and slack for a busy CI
 
 
+@pytest.mark.parametrize("keepalive", ["1", "0"])  # 0 would wait for ever: it counts as 1
+def test_headers_trickled_a_line_at_a_time_are_cut_off_after_keepalive(gunicorn, keepalive):
+    server = gunicorn(env={"KEEPALIVE": keepalive})
+    sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=5)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+    started = time.monotonic()
+    while not select.select([sock], [], [], 0.2)[0] and time.monotonic() - started < 6:
+        sock.sendall(b"X-Slow: 1\r\n")  # never the blank line that ends the headers
+    closed_after = time.monotonic() - started
+    assert sock.recv(100) == b""  # closed, not answered
+    sock.close()
+    assert closed_after < 3, f"the connection stayed open {closed_after:.1f} s"  # 1 s + slack
+
+
 def test_the_stream_cap_follows_a_low_open_file_limit(gunicorn):
     server = gunicorn(open_files=256)
     limit = health(server)["max_streams"]
