@@ -96,11 +96,22 @@ def base_url():
     return None
 
 
-def pytest_collection_modifyitems(items):
-    """Run the browser tests last.
+# Fixtures that start a real gunicorn, nginx, redis-server or chromium (or need one).
+SERVER_FIXTURES = {"gunicorn", "nginx", "redis_server", "redis_broker", "proxy", "page",
+                   "browser", "context"}
 
-    Playwright's sync API leaves its event loop marked as running in the main
-    thread from the first browser test to the end of the session, and
-    asyncio.run() (the many-clients tests) refuses to start under it.
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that starts a real server ``integration``, and run browser tests last.
+
+    ``pytest -m "not integration"`` then runs only what needs no process of its
+    own, in seconds. A test that starts one without these fixtures marks itself.
+
+    Browser tests go last: Playwright's sync API leaves its event loop marked as
+    running in the main thread from the first browser test to the end of the
+    session, and asyncio.run() (the many-clients tests) refuses to start under it.
     """
+    for item in items:
+        if SERVER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: "browser" in item.fixturenames)  # stable: the rest keep order

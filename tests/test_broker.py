@@ -26,7 +26,7 @@ def redis_broker(redis_server):
         broker.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
 def make_broker(request):
     """Build brokers of one kind; the Redis ones share a real redis-server."""
     if request.param == "memory":
