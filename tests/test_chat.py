@@ -212,33 +212,6 @@ def test_get_gets_405_in_json(client):
     assert response.json["error"]["type"] == "invalid_request_error"
 
 
-# --- Configuration ------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [("SSE_CHAT_TOKEN_DELAY", "-1"), ("SSE_CHAT_TOKEN_DELAY", "20"), ("SSE_CHAT_MAX_BODY", "0"),
-     ("SSE_CHAT_UPSTREAM_TIMEOUT", '"long"')],
-)
-def test_bad_chat_setting_fails_at_start_naming_the_variable(monkeypatch, variable, value):
-    monkeypatch.setenv(variable, value)
-    with pytest.raises(ValueError, match=variable):
-        create_app()
-
-
-def test_bad_upstream_url_fails_at_start(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_BASE_URL", "api.openai.com/v1")
-    with pytest.raises(ValueError, match="OPENAI_BASE_URL"):
-        create_app()
-
-
-def test_a_key_in_the_environment_selects_the_real_model(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_MODEL", "gpt-test")
-    client = create_app(FAST).test_client()
-    assert [m["id"] for m in client.get("/v1/models").json["data"]] == ["gpt-test"]
-
-
 def unreachable_upstream_client():
     config = {**FAST, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}"}
     return create_app(config).test_client()

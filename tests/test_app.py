@@ -1,6 +1,7 @@
 """/stream, /healthz and the page through Flask's test client (no server, no sleeps)."""
 
 import json
+import os
 import re
 from datetime import UTC, datetime
 
@@ -149,9 +150,20 @@ def test_head_sends_the_headers_and_holds_no_stream_slot():
     assert client.get("/healthz").json["open_streams"] == 0
 
 
-def test_healthz_reports_open_streams(client):
+def test_healthz_reports_every_kind_of_open_stream():
+    client = create_app({**FAST, "MAX_STREAMS": 5}).test_client()
+    assert client.get("/healthz").json == {
+        "status": "ok", "pid": os.getpid(), "open_streams": 0, "max_streams": 5,
+        "broker": "memory", "broadcast_subscribers": 0, "chat_streams": 0}
+    opened = [client.get("/stream"), client.get("/broadcast"),
+              client.post("/v1/chat/completions", json={
+                  "messages": [{"role": "user", "content": "hi"}], "stream": True})]
     body = client.get("/healthz").json
-    assert body["status"] == "ok" and body["open_streams"] == 0 and body["max_streams"] > 0
+    assert (body["open_streams"], body["broadcast_subscribers"], body["chat_streams"]) == (3, 1, 1)
+    for response in opened:
+        response.close()
+    body = client.get("/healthz").json
+    assert (body["open_streams"], body["broadcast_subscribers"], body["chat_streams"]) == (0, 0, 0)
 
 
 def test_cross_origin_is_off_by_default(client):
@@ -200,22 +212,6 @@ def test_a_forwarded_prefix_never_reaches_the_page_even_behind_a_trusted_proxy()
     page = client.get("/", headers={"X-Forwarded-Prefix": "//evil.example"}).text
     assert "evil.example" not in page
     assert 'src="/static/stream.js"' in page
-
-
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [("SSE_HEARTBEAT", "0"), ("SSE_HEARTBEAT", '"soon"'), ("SSE_MAX_STREAMS", "-1"),
-     ("SSE_X_ACCEL_BUFFERING", '"no"')],
-)
-def test_bad_setting_fails_at_start_naming_the_variable(monkeypatch, variable, value):
-    monkeypatch.setenv(variable, value)
-    with pytest.raises(ValueError, match=variable):
-        create_app()
-
-
-def test_settings_come_from_sse_prefixed_environment(monkeypatch):
-    monkeypatch.setenv("SSE_HEARTBEAT", "7")
-    assert create_app().config["HEARTBEAT"] == 7
 
 
 def test_utc_now_is_iso_8601_utc_with_milliseconds():
