@@ -9,7 +9,6 @@ file: sse.py (the wire format), streams.py (the cap, the clock, and how a
 stream ends), broker.py (broadcast), chat.py (the chat model), settings.py.
 """
 
-import contextlib
 import hmac
 import json
 import math
@@ -25,6 +24,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import chat
 import settings
+from answers import AnswerNotFound, MemoryAnswers, RedisAnswers, StoreUnavailable, TooManyAnswers
 from broker import BrokerUnavailable, MemoryBroker, RedisBroker
 from sse import HEARTBEAT, format_event, parse_last_event_id
 from streams import BodyTimeout, Streams, TooManyStreams, body_deadline, event_stream
@@ -91,23 +91,49 @@ def stream():
 
 @bp.post("/v1/chat/completions")
 def chat_completions():
-    """OpenAI's chat API, answered by the offline model or, with a key, the real one."""
+    """OpenAI's chat API, answered by the offline model or, with a key, the real one.
+
+    A streamed answer is generated in the background and kept a while, its
+    chunks numbered by their SSE ids: if the connection drops, the client
+    re-attaches with GET .../<id>/stream and Last-Event-ID, and nothing is
+    generated twice.
+    """
     with body_deadline(current_app.config["BODY_TIMEOUT"]):
         messages, wants_stream = chat.read_request(request, current_app.config["CHAT_MAX_BODY"])
-    model = current_app.extensions["chat_model"]
+    model, answers = current_app.extensions["chat_model"], current_app.extensions["answers"]
     if not wants_stream:
         return model.complete(messages)
+    id, heartbeat = chat.new_id(), current_app.config["HEARTBEAT"]
 
-    # No "retry:" first, unlike /stream: nobody reconnects a POST, and the
-    # openai client would read a retry-only block as an event without JSON.
     def events(stream):
-        with contextlib.closing(model.stream(messages)) as answer:
-            for chunk in answer:  # an event, or None after a heartbeat period of silence
-                if stream.gone:  # the client left: closing the answer closes the upstream
-                    return
-                yield HEARTBEAT if chunk is None else chunk
+        refuse_if_restarting(stream, answers)
+        answers.start(model.stream(messages, id), id, model.name)  # 503 when this worker is full
+        yield from answer_events(answers, id, 0, stream, heartbeat)
 
     return event_stream(events, lifetime=False, kind="chat")  # never cut for its age
+
+
+@bp.get("/v1/chat/completions/<completion_id>/stream")
+def chat_completion_stream(completion_id):
+    """Re-attach to an answer: the chunks after Last-Event-ID (or all), live ones, then [DONE]."""
+    answers, heartbeat = current_app.extensions["answers"], current_app.config["HEARTBEAT"]
+    after = parse_last_event_id(request.headers.get("Last-Event-ID",
+                                                    request.args.get("lastEventId"))) or 0
+
+    def events(stream):
+        refuse_if_restarting(stream, answers)
+        yield from answer_events(answers, completion_id, after, stream, heartbeat)
+
+    return event_stream(events, lifetime=False, kind="chat")
+
+
+@bp.post("/v1/chat/completions/<completion_id>/cancel")
+def cancel_chat_completion(completion_id):
+    """Stop generating an answer; its readers get a last chunk and [DONE]."""
+    status = current_app.extensions["answers"].cancel(completion_id)
+    if status is None:
+        raise AnswerNotFound(completion_id)
+    return {"id": completion_id, "object": "chat.completion", "status": status}
 
 
 @bp.get("/v1/models")
@@ -165,7 +191,8 @@ def healthz():
     streams, broker = current_app.extensions["streams"], current_app.extensions["broker"]
     return {"status": "ok", "pid": os.getpid(), "open_streams": streams.count,
             "max_streams": streams.limit, "broker": broker.name,
-            "broadcast_subscribers": broker.subscribers, "chat_streams": streams.kinds["chat"]}
+            "broadcast_subscribers": broker.subscribers, "chat_streams": streams.kinds["chat"],
+            "chat_answers": current_app.extensions["answers"].count}
 
 
 # --- Errors: every one answers in the same JSON shape (OpenAI's) ----------------------------
@@ -181,6 +208,32 @@ def too_many_streams(exc):
 def broker_unavailable(exc):
     return error(503, "the message broker is unavailable, retry later",
                  headers={"Retry-After": "5"})
+
+
+@bp.app_errorhandler(AnswerNotFound)
+def answer_not_found(exc):
+    return error(404, f"no chat completion {exc.args[0]!r} here: it is unknown, or expired")
+
+
+@bp.app_errorhandler(TooManyAnswers)
+def too_many_answers(exc):
+    return error(503, "this worker keeps as many chat answers as it may, retry later",
+                 headers={"Retry-After": "5"})
+
+
+@bp.app_errorhandler(StoreUnavailable)
+def store_unavailable(exc):
+    return error(503, "the store of chat answers is unavailable, retry later",
+                 headers={"Retry-After": "5"})
+
+
+class Restarting(Exception):
+    """This worker is stopping, and another can serve the request: answer 503."""
+
+
+@bp.app_errorhandler(Restarting)
+def restarting(exc):
+    return error(503, "this worker is restarting, retry in a moment", headers={"Retry-After": "1"})
 
 
 @bp.app_errorhandler(BodyTimeout)
@@ -242,6 +295,47 @@ def allow_listed_origins(response):
 
 
 # --- What the views share ----------------------------------------------------------------------
+
+def refuse_if_restarting(stream, answers):
+    """A stopping worker still accepts for a moment; with Redis, send chat clients elsewhere."""
+    if stream.ended and answers.shared:
+        raise Restarting()
+
+
+def answer_events(answers, completion_id, after, stream, heartbeat):
+    """A chat answer as SSE: its chunks after number ``after``, live ones, then [DONE].
+
+    Each chunk's number is its id, so a client that drops re-attaches with
+    Last-Event-ID and misses nothing. The heartbeat is a comment line with no
+    blank line after it: the openai client reads a blank line after an id as
+    an event with no data, and fails on it.
+    """
+    with answers.attach(completion_id, wake=stream.wake) as reader:  # 404 when unknown
+        last_write = 0.0  # long ago: with nothing to send yet, a heartbeat goes out at once
+        while True:
+            chunks, end = reader.since(after)
+            if chunks:
+                yield b"".join(format_event(text, id=n) for n, text in
+                               enumerate(chunks, start=after + 1))
+                after, last_write = after + len(chunks), time.monotonic()
+                continue
+            if end == "done":
+                yield format_event("[DONE]")  # and the response ends
+                return
+            if end == "lost":
+                yield format_event(chat.compact_json(chat.error_chunk(
+                    "the answer was lost: the worker generating it stopped before the end")))
+            if end is not None:  # "error": its last chunk was the error event
+                return
+            # With answers in Redis, a stopping worker's readers re-attach elsewhere.
+            if stream.gone or (stream.ended and answers.shared):
+                return
+            if time.monotonic() - last_write >= heartbeat:
+                yield HEARTBEAT
+                last_write = time.monotonic()
+            stream.wait_until(min(last_write + heartbeat, time.monotonic() + (reader.poll or
+                                                                             heartbeat)))
+
 
 def utc_now():
     """The current UTC time in ISO 8601 with milliseconds, e.g. 2026-11-21T15:00:00.123Z."""
@@ -363,6 +457,15 @@ def create_app(config=None):
                                         app.config["MAX_STREAM_SECONDS"],
                                         app.config["WRITE_TIMEOUT"])
     app.extensions["chat_model"] = chat.model_from_config(app.config)
+    limits = {"max_answers": app.config["CHAT_MAX_ANSWERS"],
+              "max_bytes": app.config["CHAT_MAX_ANSWER_BYTES"],
+              "abandon_after": app.config["CHAT_ABANDON_SECONDS"],
+              "keep_for": app.config["CHAT_KEEP_SECONDS"]}
+    if app.config["REDIS_URL"]:  # so that any worker, or the next one, can serve a re-attach
+        app.extensions["answers"] = RedisAnswers(app.config["REDIS_URL"],
+                                                 app.config["CHAT_KEY_PREFIX"], **limits)
+    else:
+        app.extensions["answers"] = MemoryAnswers(**limits)
     history, queue_size = app.config["BROADCAST_HISTORY"], app.config["BROADCAST_QUEUE"]
     if app.config["REDIS_URL"]:  # connects on first use, not here
         app.extensions["broker"] = RedisBroker(

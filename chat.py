@@ -2,18 +2,17 @@
 
 Both models speak OpenAI's streaming chat format
 (https://platform.openai.com/docs/api-reference/chat-streaming): one
-``chat.completion.chunk`` event per token, the first carrying
-``delta.role``, the last an empty delta with ``finish_reason``, then
-``data: [DONE]``. They are duck-typed: ``name``, ``complete(messages)`` for
-``stream: false`` and ``stream(messages)``, which yields SSE text, or None
-while it waits with nothing to send (``sse.with_heartbeat`` turns that into
-a heartbeat).
+``chat.completion.chunk`` object per token, the first carrying
+``delta.role``, the last an empty delta with ``finish_reason``. They are
+duck-typed: ``name``, ``complete(messages)`` for ``stream: false``, and
+``stream(messages, id)``, which yields each chunk as a dict (or an
+``{"error": ...}`` dict that ends it), and None now and then while the model
+is silent, so whoever runs it can look for a cancel (answers.py does).
 
 >>> tokenize("Hello, streaming world")
 ['Hello,', ' streaming', ' world']
 """
 
-import codecs
 import json
 import queue
 import re
@@ -21,10 +20,9 @@ import threading
 import time
 import uuid
 
-import httpx
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from sse import format_event
+from answers import CHECK_EVERY, compact_json
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -150,8 +148,7 @@ def model_from_config(config):
     """The real model when OPENAI_API_KEY is set, else the offline one."""
     if config["OPENAI_API_KEY"]:
         return UpstreamModel(config["OPENAI_BASE_URL"], config["OPENAI_API_KEY"],
-                             config["OPENAI_MODEL"], config["CHAT_UPSTREAM_TIMEOUT"],
-                             config["HEARTBEAT"])
+                             config["OPENAI_MODEL"], config["CHAT_UPSTREAM_TIMEOUT"])
     return OfflineModel(config["CHAT_TOKEN_DELAY"])
 
 
@@ -180,46 +177,50 @@ class OfflineModel:
                       "total_tokens": prompt_tokens + len(tokens)},
         }
 
-    def stream(self, messages):
-        """Yield the answer as events: the role, one token each, the stop, then [DONE]."""
-        chunk_id, created = new_id(), int(time.time())
+    def stream(self, messages, id):
+        """Yield the answer as chunks: the role, one token each, then the stop."""
+        created = int(time.time())
 
         def chunk(delta, finish_reason=None):
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return format_event(compact_json({
-                "id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                "model": self.name, "choices": [choice]}))
+            return {"id": id, "object": "chat.completion.chunk", "created": created,
+                    "model": self.name, "choices": [choice]}
 
-        yield chunk({"role": "assistant", "content": ""})  # also sends the headers at once
+        yield chunk({"role": "assistant", "content": ""})
         for token in tokenize(offline_answer(messages)):
             time.sleep(self.delay)
             yield chunk({"content": token})
         yield chunk({}, finish_reason="stop")
-        yield format_event("[DONE]")
 
 
 def offline_answer(messages):
-    """What the offline model says: about SSE, shaped by the last user message."""
-    prompt = next((message_text(m["content"]) for m in reversed(messages) if m["role"] == "user"),
-                  "")
-    words = prompt.split()
-    quote = " ".join(words[:8]) + (" …" if len(words) > 8 else "")
-    opening = (f"You asked: “{quote}”. " if words else "") + (
+    """What the offline model says: about SSE, shaped by the conversation so far.
+
+    The same conversation always gets the same answer; an earlier question
+    is remembered, as a model with the whole history in its context would.
+    """
+    asked = [message_text(m["content"]) for m in messages if m["role"] == "user"]
+    prompt = asked[-1] if asked else ""
+    opening = (f"You asked: “{quote(prompt)}”. " if prompt.split() else "") + (
         "I am the offline demo model: no network, no weights, and the same answer to the same "
-        "prompt.")
+        "conversation.")
+    if len(asked) > 1 and asked[-2].split():
+        opening += (f" Before that you asked “{quote(asked[-2])}”: that was question "
+                    f"{len(asked) - 1} of this conversation, and this is question {len(asked)}.")
     lowered = prompt.lower()
     topics = [text for keywords, text in TOPICS if any(word in lowered for word in keywords)]
     closing = "Each word you just read arrived as its own event."
     return "\n\n".join([opening, *(topics or [ABOUT_SSE]), closing])
 
 
+def quote(text, words=8):
+    """The first few words of ``text``, for the offline model to repeat."""
+    split = text.split()
+    return " ".join(split[:words]) + (" …" if len(split) > words else "")
+
+
 def new_id():
     return f"chatcmpl-{uuid.uuid4().hex}"
-
-
-def compact_json(value):
-    """JSON as OpenAI writes it: no spaces, and UTF-8 text as it is, not \\u escapes."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class UpstreamModel:
@@ -231,15 +232,19 @@ class UpstreamModel:
     the client asks for: the server decides what its key pays for.
     """
 
-    def __init__(self, base_url, api_key, model, timeout, heartbeat):
+    def __init__(self, base_url, api_key, model, timeout):
+        import httpx  # only proxy mode needs it
+
         self.name = model
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.timeout, self.heartbeat = timeout, heartbeat
+        self.timeout = timeout
         self._key = api_key
         # Loading the CA bundle takes milliseconds: once here, not per request.
         self._ssl = httpx.create_ssl_context()
 
     def _client(self):
+        import httpx
+
         # timeout bounds connecting and each read: a stall past it is an error.
         return httpx.Client(timeout=self.timeout, verify=self._ssl,
                             headers={"Authorization": f"Bearer {self._key}"})
@@ -249,6 +254,8 @@ class UpstreamModel:
 
     def complete(self, messages):
         """Ask without streaming and return the upstream's ``chat.completion``, scrubbed."""
+        import httpx
+
         with self._client() as client:
             try:
                 response = client.post(self.url, json=self._body(messages, stream=False))
@@ -262,59 +269,62 @@ class UpstreamModel:
         except (ValueError, RecursionError):  # scrub() walks as deep as the JSON nests
             raise ChatError(502, "the upstream model answered with invalid JSON") from None
 
-    def stream(self, messages):
-        """Yield each upstream event as SSE text the moment it arrives, None while it is silent.
+    def stream(self, messages, id):
+        """Yield each upstream chunk, scrubbed, as it arrives; None every CHECK_EVERY s of silence.
 
         A helper thread (a greenlet under gevent) reads the upstream, so this
-        generator can wait on a queue for at most a heartbeat period: even while
-        the model is silent, a gone client is noticed. Then ``finally`` closes
-        the upstream connection, and the model stops generating for nobody.
+        generator never blocks for long: its owner can stop it at any moment
+        by closing it, and ``finally`` then closes the upstream connection, so
+        the model stops generating for nobody.
         """
-        events = queue.Queue()  # unbounded, yet small: one completion's events
+        chunks = queue.Queue()  # unbounded, yet small: one completion's chunks
         client = self._client()
-        pump = threading.Thread(target=self._pump, args=(client, messages, events.put), daemon=True)
+        pump = threading.Thread(target=self._pump, args=(client, messages, chunks.put),
+                                name=f"upstream-{id}", daemon=True)
         pump.start()
         try:
             while True:
                 try:
-                    event = events.get(timeout=self.heartbeat)
+                    chunk = chunks.get(timeout=CHECK_EVERY)
                 except queue.Empty:
-                    event = None  # a silent heartbeat period: with_heartbeat writes a comment
-                if event is END:
+                    chunk = None  # silent for now: the owner may look for a cancel
+                if chunk is END:
                     return
-                yield event
+                yield chunk
         finally:
             client.close()  # wakes the pump's read with an error, under gevent at once
 
     def _pump(self, client, messages, put):
-        """Read the upstream stream and put each event's SSE text, then END."""
+        """Read the upstream's events with httpx-sse and put each chunk, then END."""
+        import httpx
+        from httpx_sse import EventSource, SSEError
+
         try:
-            body = self._body(messages, stream=True)
-            with client.stream("POST", self.url, json=body) as response:
+            with client.stream("POST", self.url, json=self._body(messages, stream=True),
+                               headers={"Accept": "text/event-stream"}) as response:
                 if response.status_code != 200:
                     response.read()
-                    put(error_event(self._refusal(response)))
+                    put(error_chunk(self._refusal(response)))
                     return
-                for data in sse_data(utf8_text(response.iter_bytes())):
-                    if client.is_closed:  # our client left while we were still connecting
+                for event in EventSource(response).iter_sse():
+                    if event.data == "[DONE]":
                         return
-                    if data == "[DONE]":
-                        put(format_event(data))
-                        return
-                    payload = json.loads(data)
+                    payload = json.loads(event.data)
                     if not isinstance(payload, dict):
                         raise ValueError("an event that is not a JSON object")
-                    put(format_event(compact_json(scrub(payload, self._key))))
+                    put(scrub(payload, self._key))
                     if "error" in payload:  # already in OpenAI's error shape: pass it on, stop
                         return
-                put(error_event("the upstream stream ended before [DONE]"))
-        except (httpx.HTTPError, ValueError, RecursionError) as exc:  # JSON too deep to parse
-            if not client.is_closed:  # closed means our client left: nobody to tell
-                put(error_event(self._failure(exc)))
+                put(error_chunk("the upstream stream ended before [DONE]"))
+        except (httpx.HTTPError, SSEError, ValueError, RecursionError) as exc:
+            if not client.is_closed:  # closed means we stopped it: nobody to tell
+                put(error_chunk(self._failure(exc)))
         finally:
             put(END)
 
     def _failure(self, exc):
+        import httpx
+
         if isinstance(exc, httpx.TimeoutException):
             return f"the upstream model sent nothing for {self.timeout} s"
         if isinstance(exc, httpx.HTTPError):
@@ -358,53 +368,6 @@ def scrub(value, key):
     return value
 
 
-def error_event(message):
-    """An event in OpenAI's error shape: the openai client raises APIError on it."""
-    body = {"message": message, "type": "server_error", "param": None, "code": None}
-    return format_event(compact_json({"error": body}))
-
-
-def utf8_text(chunks):
-    """Decode byte chunks as UTF-8, even when a character is split between two chunks.
-
-    The standard fixes the encoding (whatever the Content-Type says), bad bytes
-    become U+FFFD, and a leading byte order mark is dropped.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    first = True
-    for chunk in chunks:
-        text = decoder.decode(chunk)
-        if first and text:
-            text, first = text.removeprefix("\ufeff"), False
-        yield text
-
-
-def sse_data(texts):
-    """Yield the data of each event in a text stream, as soon as its blank line arrives.
-
-    Follows the WHATWG steps for the fields we read:
-    https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
-    Lines end at CRLF, CR or LF (never ``str.splitlines()``, which also splits
-    on U+2028 and friends). Comments and other fields are skipped, and an event
-    the stream ends in the middle of is dropped.
-
-    >>> list(sse_data(["data: a\\r", "\\ndata: b\\n", ": ping\\n\\n", "data: c"]))
-    ['a\\nb']
-    """
-    pending, data = "", ""
-    for text in texts:
-        pending += text
-        # A CR at the very end may be half of a CRLF: keep it for the next chunk.
-        cut = len(pending) - pending.endswith("\r")
-        *lines, rest = re.split(r"\r\n|\r|\n", pending[:cut])
-        pending = rest + pending[cut:]
-        for line in lines:
-            if not line:
-                if data:
-                    yield data[:-1]
-                data = ""
-                continue
-            field, _, value = line.partition(":")
-            if field == "data":
-                data += value.removeprefix(" ") + "\n"
-
+def error_chunk(message):
+    """A chunk in OpenAI's error shape: the openai client raises APIError on it."""
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}

@@ -115,3 +115,16 @@ def one_line_for_stalled_clients(record):
         record.exc_info = record.exc_text = None
         record.levelno, record.levelname = logging.INFO, "INFO"
     return True
+
+
+def worker_exit(server, worker):
+    """Let the chat answers this worker started finish before it goes (with REDIS_URL).
+
+    Their readers ended when the worker was told to stop and re-attached to
+    another worker, which reads the chunks from Redis as this one writes them.
+    Without Redis nobody else could read them, so there is nothing to wait for.
+    """
+    app = getattr(worker, "wsgi", None)
+    answers = app.extensions.get("answers") if app is not None else None
+    if answers is not None and answers.shared:
+        answers.drain(app.config["CHAT_DRAIN_SECONDS"])

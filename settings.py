@@ -48,6 +48,24 @@ DEFAULTS = {
     # Seconds the upstream model may stay silent (connecting, or between two
     # reads) before its stream ends with an error event.
     "CHAT_UPSTREAM_TIMEOUT": 60,
+    # Seconds a streamed answer goes on being generated with nobody attached
+    # (the page may re-attach after a dropped connection); then it is cancelled.
+    "CHAT_ABANDON_SECONDS": 30,
+    # Seconds a finished answer can still be re-read from its first chunk.
+    "CHAT_KEEP_SECONDS": 300,
+    # Answers a worker keeps (generating, or finished and kept); past it a new
+    # streamed chat gets 503. With CHAT_MAX_ANSWER_BYTES it bounds their memory:
+    # 100 x 256 KiB = 25 MiB at most.
+    "CHAT_MAX_ANSWERS": 100,
+    # Bytes of chunks one answer may hold; a longer one ends with
+    # finish_reason "length", as OpenAI's does at its token limit.
+    "CHAT_MAX_ANSWER_BYTES": 256 * 1024,
+    # Seconds a stopping worker (a reload) goes on generating the answers it
+    # started, for readers that re-attached to another worker (with REDIS_URL).
+    # Keep it below gunicorn's timeout (30 s), past which the master kills it.
+    "CHAT_DRAIN_SECONDS": 20,
+    # Prefix of the Redis keys of chat answers (with REDIS_URL).
+    "CHAT_KEY_PREFIX": "sse:chat:",
     # The real chat model, used only when a key is set. These three are read
     # from the environment under the OpenAI SDK's own names, without SSE_.
     "OPENAI_API_KEY": "",
@@ -88,9 +106,11 @@ UNPREFIXED = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "REDIS_URL", 
 _NUMBERS = {"HEARTBEAT": 0.01, "RETRY_MS": 0, "PING_INTERVAL": 0.01, "MIN_INTERVAL": 0.001,
             "MAX_INTERVAL": 0.001, "MAX_STREAMS": 0, "WRITE_TIMEOUT": 0.01,
             "BODY_TIMEOUT": 0.01, "TRUST_PROXY": 0, "CHAT_TOKEN_DELAY": 0, "CHAT_MAX_BODY": 1,
-            "CHAT_UPSTREAM_TIMEOUT": 0.01, "MAX_STREAM_SECONDS": 0}
+            "CHAT_UPSTREAM_TIMEOUT": 0.01, "MAX_STREAM_SECONDS": 0, "CHAT_ABANDON_SECONDS": 0,
+            "CHAT_KEEP_SECONDS": 0, "CHAT_DRAIN_SECONDS": 0}
 # Whole-number settings and the smallest value each accepts.
-_COUNTS = {"BROADCAST_HISTORY": 1, "BROADCAST_QUEUE": 1, "BROADCAST_MAX_BYTES": 1}
+_COUNTS = {"BROADCAST_HISTORY": 1, "BROADCAST_QUEUE": 1, "BROADCAST_MAX_BYTES": 1,
+           "CHAT_MAX_ANSWERS": 1, "CHAT_MAX_ANSWER_BYTES": 1}
 
 
 def configure(config, overrides=None):
@@ -129,5 +149,6 @@ def check(config):
     if not isinstance(url, str) or (url and not url.startswith(("redis://", "rediss://", "unix://"))):
         # Not echoed: the URL may hold a password.
         raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
-    if not isinstance(config["BROADCAST_STREAM"], str) or not config["BROADCAST_STREAM"]:
-        raise ValueError("SSE_BROADCAST_STREAM must be a non-empty Redis key")
+    for key in ("BROADCAST_STREAM", "CHAT_KEY_PREFIX"):
+        if not isinstance(config[key], str) or not config[key]:
+            raise ValueError(f"SSE_{key} must be a non-empty Redis key")

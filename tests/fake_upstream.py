@@ -115,6 +115,13 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.close()
         elif scenario == "silent":
             self.wait_until_gone(scenario, timeout=10)
+        elif scenario == "think":  # silent for a while, then the answer, as a reasoning model
+            time.sleep(1)
+            for token in TOKENS:
+                self.event(chunk({"content": token}))
+            self.event(chunk({}, "stop"))
+            self.send_text("data: [DONE]\n\n")
+            self.end_stream()
         elif scenario == "drip":
             last = time.monotonic()
             try:

@@ -154,12 +154,13 @@ def test_healthz_reports_every_kind_of_open_stream():
     client = create_app({**FAST, "MAX_STREAMS": 5}).test_client()
     assert client.get("/healthz").json == {
         "status": "ok", "pid": os.getpid(), "open_streams": 0, "max_streams": 5,
-        "broker": "memory", "broadcast_subscribers": 0, "chat_streams": 0}
+        "broker": "memory", "broadcast_subscribers": 0, "chat_streams": 0, "chat_answers": 0}
     opened = [client.get("/stream"), client.get("/broadcast"),
               client.post("/v1/chat/completions", json={
                   "messages": [{"role": "user", "content": "hi"}], "stream": True})]
     body = client.get("/healthz").json
-    assert (body["open_streams"], body["broadcast_subscribers"], body["chat_streams"]) == (3, 1, 1)
+    assert (body["open_streams"], body["broadcast_subscribers"], body["chat_streams"],
+            body["chat_answers"]) == (3, 1, 1, 1)
     for response in opened:
         response.close()
     body = client.get("/healthz").json

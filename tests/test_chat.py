@@ -11,6 +11,7 @@ import time
 import httpx
 import openai
 import pytest
+import wire
 from conftest import FAST
 from fake_upstream import TOKENS, FakeUpstream
 from httpx_sse import connect_sse
@@ -22,6 +23,7 @@ URL = "/v1/chat/completions"
 USER = {"role": "user", "content": "How does ChatGPT stream its answers?"}
 KEY = "sk-test-0123456789abcdefSECRET"
 UPSTREAM_TIMEOUT = 2  # seconds a silent upstream is given in proxy mode
+ABANDON = 1  # seconds an answer nobody reads goes on in proxy mode
 
 
 @pytest.fixture
@@ -30,8 +32,8 @@ def app():
 
 
 def events_of(text):
-    """The data of each event in a complete, simple stream (one data line per event)."""
-    return [block.removeprefix("data: ") for block in text.split("\n\n") if block]
+    """The data of each event in a complete stream."""
+    return [data for _, data in wire.events(text)]
 
 
 def stream_counts(client):
@@ -293,7 +295,8 @@ def upstream():
 def proxy(upstream, tmp_path_factory):
     env = {f"SSE_{key}": str(value) for key, value in FAST.items()}
     env.update({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.url,
-                "OPENAI_MODEL": "fake-model", "SSE_CHAT_UPSTREAM_TIMEOUT": str(UPSTREAM_TIMEOUT)})
+                "OPENAI_MODEL": "fake-model", "SSE_CHAT_UPSTREAM_TIMEOUT": str(UPSTREAM_TIMEOUT),
+                "SSE_CHAT_ABANDON_SECONDS": str(ABANDON)})
     server = start_gunicorn(tmp_path_factory.mktemp("proxy"), env=env)
     yield server
     server.stop()
@@ -420,19 +423,56 @@ def test_upstream_failure_mid_stream_ends_with_an_error_event(proxy, upstream, s
 
 
 @pytest.mark.parametrize("scenario", ["drip", "silent"])
-def test_client_abort_closes_the_upstream_at_once(proxy, upstream, scenario):
+def test_an_answer_nobody_reads_goes_on_until_the_abandon_time_then_the_upstream_closes(
+        proxy, upstream, scenario):
     body = {"messages": [{"role": "user", "content": scenario}], "stream": True}
     with httpx.stream("POST", proxy.url + URL, json=body, timeout=10) as response:
         lines = response.iter_lines()  # kept: a dropped iterator would close the connection
-        assert next(lines).startswith("data: ")
+        assert next(line for line in lines if line.startswith("data: "))
         assert chat_streams(proxy) == 1
-    closed = time.monotonic()
-    gone_scenario, _ = upstream.gone.get(timeout=5)
+    left = time.monotonic()
+    gone_scenario, _ = upstream.gone.get(timeout=ABANDON + 5)
+    took = time.monotonic() - left
     assert gone_scenario == scenario
-    # "silent" sends nothing: only the heartbeat (0.2 s) can notice the client left,
-    # well before the upstream timeout would have ended the stream anyway.
-    assert time.monotonic() - closed < UPSTREAM_TIMEOUT / 2, "the upstream stayed connected"
+    # Not at once: the answer waits for a re-attach. Then it is cancelled, well before
+    # the upstream timeout (2 s) would end it. 0.1 s below: the clocks of two processes.
+    assert ABANDON - 0.1 < took < UPSTREAM_TIMEOUT, f"the upstream closed after {took:.2f} s"
     wait_until(lambda: chat_streams(proxy) == 0, timeout=5, what="the chat stream to end")
+
+
+def test_cancel_closes_the_upstream_at_once_and_every_reader_gets_the_end(proxy, upstream):
+    body = {"messages": [{"role": "user", "content": "drip"}], "stream": True}
+    with httpx.Client(timeout=10) as client:
+        with connect_sse(client, "POST", proxy.url + URL, json=body) as source:
+            events = source.iter_sse()
+            first = next(events)
+            id = json.loads(first.data)["id"]
+            with connect_sse(client, "GET", f"{proxy.url}{URL}/{id}/stream") as second:
+                second_events = second.iter_sse()
+                next(second_events)  # a second reader, attached from the first chunk
+                cancelled = client.post(f"{proxy.url}{URL}/{id}/cancel")
+                asked = time.monotonic()
+                rest = [e.data for e in events]
+                other = [e.data for e in second_events]
+    assert cancelled.status_code == 200
+    assert cancelled.json() == {"id": id, "object": "chat.completion", "status": "cancelled"}
+    gone_scenario, _ = upstream.gone.get(timeout=5)
+    assert gone_scenario == "drip"
+    assert time.monotonic() - asked < 1, "the upstream stayed connected after the cancel"
+    for stream in (rest, other):  # both end with the same last chunk, then [DONE]
+        assert stream[-1] == "[DONE]"
+        assert json.loads(stream[-2])["choices"][0]["finish_reason"] == "cancelled"
+    again = httpx.post(f"{proxy.url}{URL}/{id}/cancel")
+    assert again.json()["status"] == "completed"  # nothing left to cancel
+
+
+def test_the_openai_client_reads_through_a_model_that_thinks_in_silence(proxy, upstream):
+    # Chunks carry ids, and the app sends heartbeats while the model is silent: a
+    # heartbeat with a blank line after it would make this client fail on an empty event.
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+    stream = client.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "think"}], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "".join(TOKENS)
 
 
 def test_whole_answer_through_the_proxy(proxy):

@@ -51,6 +51,11 @@ def test_overrides_win_over_the_environment(monkeypatch):
         ({"SSE_BROADCAST_MAX_BYTES": "true"}, "SSE_BROADCAST_MAX_BYTES must be a whole number"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must start with redis://"),
         ({"SSE_BROADCAST_STREAM": '""'}, "SSE_BROADCAST_STREAM must be a non-empty Redis key"),
+        ({"SSE_CHAT_KEY_PREFIX": '""'}, "SSE_CHAT_KEY_PREFIX must be a non-empty Redis key"),
+        ({"SSE_CHAT_MAX_ANSWERS": "0"}, "SSE_CHAT_MAX_ANSWERS must be a whole number >= 1"),
+        ({"SSE_CHAT_MAX_ANSWER_BYTES": "1.5"}, "SSE_CHAT_MAX_ANSWER_BYTES must be a whole"),
+        ({"SSE_CHAT_ABANDON_SECONDS": "-1"}, "SSE_CHAT_ABANDON_SECONDS must be a number >= 0"),
+        ({"SSE_CHAT_KEEP_SECONDS": '"long"'}, "SSE_CHAT_KEEP_SECONDS must be a number"),
     ],
 )
 def test_a_bad_setting_stops_the_start_naming_the_variable(monkeypatch, env, message):

@@ -35,3 +35,18 @@ def read_blocks(response, count):
 def next_message(reader):
     """The next block that is not a comment (a heartbeat)."""
     return next(b for b in reader if not b.startswith(":"))
+
+
+def events(text):
+    """Each dispatched event of a complete stream as (id or None, data), comments skipped."""
+    found, id, data = [], None, None
+    for line in text.split("\n"):
+        if not line:
+            if data is not None:
+                found.append((id, data))
+            id, data = None, None
+        elif line.startswith("id: "):
+            id = line[4:]
+        elif line.startswith("data: "):
+            data = line[6:] if data is None else f"{data}\n{line[6:]}"
+    return found

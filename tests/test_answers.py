@@ -1,0 +1,259 @@
+"""Chat answers that survive a dropped connection: numbered chunks, re-attach, cancel, expiry.
+
+The first tests use Flask's test client (the answer is generated in a thread);
+the last ones real gunicorn, with Redis and Nginx where the answer must
+outlive its worker. Streams on real servers are read by httpx-sse.
+"""
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+from conftest import FAST
+from httpx_sse import connect_sse
+from servers import wait_until
+from wire import blocks, events
+
+from app import create_app
+
+URL = "/v1/chat/completions"
+QUESTION = {"role": "user", "content": "How does a dropped stream resume?"}
+
+
+def chat_app(**config):
+    return create_app({"TESTING": True, **FAST, "CHAT_TOKEN_DELAY": 0.005, **config})
+
+
+def post(client, messages=(QUESTION,)):
+    response = client.post(URL, json={"messages": list(messages), "stream": True})
+    assert response.status_code == 200, response.text
+    return response
+
+
+def read_chunks(response, count):
+    """The first ``count`` chunk events of a streaming test-client response, as (id, JSON)."""
+    got = []
+    for block in blocks(response):
+        if block.startswith(":"):
+            continue
+        [(id, data)] = events(block + "\n\n")
+        got.append((int(id), json.loads(data)))
+        if len(got) == count:
+            return got
+    raise AssertionError(f"the stream ended after {len(got)} chunks")
+
+
+def content(chunks):
+    return "".join(c["choices"][0]["delta"].get("content", "") for _, c in chunks)
+
+
+def the_rest(text):
+    """(chunks as (id, JSON), ended with [DONE]) of a complete stream."""
+    found = events(text)
+    done = bool(found) and found[-1] == (None, "[DONE]")
+    return [(int(id), json.loads(data)) for id, data in found[:len(found) - done]], done
+
+
+def whole_answer(client, messages=(QUESTION,)):
+    response = client.post(URL, json={"messages": list(messages)})
+    return response.json["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+def test_a_dropped_answer_goes_on_from_the_last_event_id_with_no_gap_and_no_repeat(how):
+    client = chat_app().test_client()
+    first = post(client)
+    before = read_chunks(first, 5)
+    first.close()  # the connection drops after chunk 5
+    id = before[0][1]["id"]
+    assert [n for n, _ in before] == [1, 2, 3, 4, 5]
+    if how == "header":
+        again = client.get(f"{URL}/{id}/stream", headers={"Last-Event-ID": "5"})
+    else:  # what a client that cannot set headers sends
+        again = client.get(f"{URL}/{id}/stream?lastEventId=5")
+    assert again.status_code == 200
+    after, done = the_rest(again.get_data(as_text=True))
+    assert done
+    assert [n for n, _ in after] == list(range(6, 6 + len(after)))
+    assert {c["id"] for _, c in before + after} == {id}  # the completion id, on every chunk
+    assert content(before + after) == whole_answer(client)
+    assert after[-1][1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_re_attaching_without_an_id_reads_from_the_first_chunk_and_two_readers_agree():
+    client = chat_app().test_client()
+    first = post(client)
+    [(_, role)] = read_chunks(first, 1)
+    readers = [client.get(f"{URL}/{role['id']}/stream") for _ in range(2)]
+    texts = [reader.get_data(as_text=True) for reader in readers]
+    rest = first.get_data(as_text=True)
+    assert texts[0] == texts[1]  # the same chunks, the same ids, for any number of readers
+    chunks, done = the_rest(texts[0])
+    assert done and chunks[0] == (1, role)
+    assert the_rest(rest)[0] == chunks[1:]  # the POST itself read on from chunk 1
+
+
+def test_an_unknown_or_expired_answer_is_404_in_json():
+    client = chat_app(CHAT_KEEP_SECONDS=0.3).test_client()
+    missing = client.get(f"{URL}/chatcmpl-nope/stream")
+    assert missing.status_code == 404
+    assert missing.json["error"]["message"] == (
+        "no chat completion 'chatcmpl-nope' here: it is unknown, or expired")
+    assert client.post(f"{URL}/chatcmpl-nope/cancel").status_code == 404
+    response = post(client)
+    id = read_chunks(response, 1)[0][1]["id"]
+    assert the_rest(response.get_data(as_text=True))[1]  # finished
+    response.close()
+    assert client.get(f"{URL}/{id}/stream").status_code == 200  # kept a while
+    wait_until(lambda: client.get(f"{URL}/{id}/stream").status_code == 404, timeout=5,
+               what="the answer to expire")
+
+
+def test_cancel_ends_the_answer_for_every_reader_with_a_last_chunk_and_done():
+    client = chat_app(CHAT_TOKEN_DELAY=0.05).test_client()  # slow enough to cancel mid-answer
+    response = post(client)
+    id = read_chunks(response, 2)[0][1]["id"]
+    cancelled = client.post(f"{URL}/{id}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json == {"id": id, "object": "chat.completion", "status": "cancelled"}
+    rest, done = the_rest(response.get_data(as_text=True))
+    assert done and rest[-1][1]["choices"][0] == {
+        "index": 0, "delta": {}, "logprobs": None, "finish_reason": "cancelled"}
+    assert len(content(rest)) < len(whole_answer(client))  # it did stop early
+    assert client.post(f"{URL}/{id}/cancel").json["status"] == "completed"
+
+
+def test_an_answer_nobody_reads_is_cancelled_after_the_abandon_time():
+    app = chat_app(CHAT_TOKEN_DELAY=0.05, CHAT_ABANDON_SECONDS=0.2)
+    client = app.test_client()
+    response = post(client)
+    id = read_chunks(response, 1)[0][1]["id"]
+    response.close()
+    answer = app.extensions["answers"].get(id)
+    wait_until(lambda: answer.end is not None, timeout=10, what="the abandoned answer to end")
+    chunks, done = the_rest(client.get(f"{URL}/{id}/stream").get_data(as_text=True))
+    assert done and chunks[-1][1]["choices"][0]["finish_reason"] == "cancelled"
+    assert len(content(chunks)) < len(whole_answer(client))  # long before its natural end
+
+
+def test_answers_past_the_workers_cap_get_503():
+    client = chat_app(CHAT_TOKEN_DELAY=0.05, CHAT_MAX_ANSWERS=1).test_client()
+    kept = post(client)
+    read_chunks(kept, 1)
+    refused = client.post(URL, json={"messages": [QUESTION], "stream": True})
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert "as many chat answers" in refused.json["error"]["message"]
+    kept.close()
+
+
+def test_an_answer_past_its_size_bound_ends_with_finish_reason_length():
+    client = chat_app(CHAT_MAX_ANSWER_BYTES=2000).test_client()
+    chunks, done = the_rest(post(client).get_data(as_text=True))
+    assert done and chunks[-1][1]["choices"][0]["finish_reason"] == "length"
+    assert sum(len(json.dumps(c)) for _, c in chunks[:-1]) < 2000
+
+
+def test_the_offline_model_answers_in_the_context_of_the_conversation():
+    client = chat_app().test_client()
+    first = {"role": "user", "content": "What is a heartbeat?"}
+    answer = whole_answer(client, [first])
+    turns = [first, {"role": "assistant", "content": answer},
+             {"role": "user", "content": "And Nginx?"}]
+    second = whole_answer(client, turns)
+    assert second == whole_answer(client, turns)  # the same conversation, the same answer
+    assert "“What is a heartbeat?”" in second and "question 2" in second
+    assert "Nginx" in second and second != answer
+
+
+# --- Real gunicorn ---------------------------------------------------------------------------
+
+def chat_post(client, url, messages=(QUESTION,)):
+    return connect_sse(client, "POST", url + URL, json={"messages": list(messages),
+                                                        "stream": True})
+
+
+def collect(events, into, stop_after=None):
+    """Read chunk events into ``into`` as (id, JSON); stop after ``stop_after`` of them.
+
+    True when the answer ended with [DONE]. ``events`` is an ``iter_sse()`` iterator.
+    """
+    for event in events:
+        if event.data == "[DONE]":
+            return True
+        if event.data:
+            into.append((int(event.id), json.loads(event.data)))
+            if stop_after is not None and len(into) >= stop_after:
+                return False
+    return False
+
+
+def test_a_re_attach_mid_answer_on_gunicorn_gets_exactly_the_rest(gunicorn):
+    server = gunicorn(env={"SSE_CHAT_TOKEN_DELAY": "0.02"})
+    chunks = []
+    with httpx.Client(timeout=10) as client:
+        with chat_post(client, server.url) as source:
+            events = source.iter_sse()
+            assert not collect(events, chunks, stop_after=7)  # then the connection drops
+        id = chunks[0][1]["id"]
+        headers = {"Last-Event-ID": str(chunks[-1][0])}
+        with connect_sse(client, "GET", f"{server.url}{URL}/{id}/stream",
+                         headers=headers) as source:
+            assert collect(source.iter_sse(), chunks)
+        whole = client.post(server.url + URL, json={"messages": [QUESTION]}).json()
+    assert [n for n, _ in chunks] == list(range(1, len(chunks) + 1))
+    assert content(chunks) == whole["choices"][0]["message"]["content"]
+
+
+def test_with_redis_another_instance_serves_the_re_attach_and_the_cancel(gunicorn, redis_server):
+    env = {"REDIS_URL": redis_server.url, "SSE_CHAT_TOKEN_DELAY": "0.05"}
+    first, second = gunicorn(env=env), gunicorn(env=env)
+    chunks = []
+    with httpx.Client(timeout=10) as client:
+        with chat_post(client, first.url) as source:
+            collect(source.iter_sse(), chunks, stop_after=3)
+        id = chunks[0][1]["id"]
+        with connect_sse(client, "GET", f"{second.url}{URL}/{id}/stream",
+                         headers={"Last-Event-ID": "3"}) as source:
+            events = source.iter_sse()
+            collect(events, chunks, stop_after=6)
+            cancelled = client.post(f"{second.url}{URL}/{id}/cancel")  # not where it runs
+            assert collect(events, chunks)
+    assert cancelled.json()["status"] == "cancelled"
+    assert [n for n, _ in chunks] == list(range(1, len(chunks) + 1))
+    assert chunks[-1][1]["choices"][0]["finish_reason"] == "cancelled"
+    assert httpx.get(first.url + "/healthz").json()["chat_answers"] == 1  # generated once, there
+    assert httpx.get(second.url + "/healthz").json()["chat_answers"] == 0
+
+
+def test_a_reload_mid_answer_behind_nginx_loses_no_chunk(gunicorn, nginx, redis_server):
+    upstream = gunicorn(env={"REDIS_URL": redis_server.url, "WEB_CONCURRENCY": "2",
+                             "SSE_CHAT_TOKEN_DELAY": "0.03"})
+    proxy = nginx(upstream)
+    chunks, reloaded_at = [], None
+    with httpx.Client(timeout=10) as client:
+        with chat_post(client, proxy.url) as source:
+            events = source.iter_sse()
+            assert not collect(events, chunks, stop_after=5)
+            os.kill(upstream.pid, signal.SIGHUP)  # every worker is replaced
+            reloaded_at = time.monotonic()
+            # The stream ends at once (without [DONE]): the client comes back elsewhere.
+            assert not collect(events, chunks)
+        assert time.monotonic() - reloaded_at < 2, "the stream was held, not ended"
+        id = chunks[0][1]["id"]
+
+        def re_attach():  # as the page does: a 503 from a stopping worker means try again
+            headers = {"Last-Event-ID": str(chunks[-1][0])}
+            with connect_sse(client, "GET", f"{proxy.url}{URL}/{id}/stream",
+                             headers=headers) as source:
+                if source.response.status_code == 503:
+                    return False
+                assert source.response.status_code == 200
+                return collect(source.iter_sse(), chunks)
+
+        wait_until(re_attach, timeout=15, interval=0.1, what="the answer to complete")
+        whole = client.post(proxy.url + URL, json={"messages": [QUESTION]}).json()
+    assert [n for n, _ in chunks] == list(range(1, len(chunks) + 1))  # no gap, no repeat
+    assert content(chunks) == whole["choices"][0]["message"]["content"]
