@@ -79,17 +79,19 @@ function connect() {
   });
 
   source.onerror = () => {
-    if (source.readyState === EventSource.CONNECTING) {
+    if (source.readyState === EventSource.CLOSED) {
+      // The answer was not a 200 text/event-stream (a 502 from a proxy
+      // mid-deploy, a 503 from a full worker) and the browser gave up for
+      // good. Only a new EventSource asks again.
+      const delay = backoff(failures);
+      failures += 1;
+      retryTimer = setTimeout(connect, delay);
+      showState("closed", `the browser gave up; next try in ${(delay / 1000).toFixed(1)} s`);
+    } else {
+      // CONNECTING: the connection dropped. The browser asks again by itself
+      // after the server's retry: delay, sending Last-Event-ID.
       showState("connecting", "the connection dropped; EventSource retries by itself");
-      return;
     }
-    // CLOSED: the answer was not a 200 text/event-stream (a 502 from a proxy
-    // mid-deploy, a 503 from a full worker), and the browser gave up for good.
-    // Only a new EventSource asks again.
-    const delay = backoff(failures);
-    failures += 1;
-    retryTimer = setTimeout(connect, delay);
-    showState("closed", `the browser gave up; next try in ${(delay / 1000).toFixed(1)} s`);
   };
 }
 
