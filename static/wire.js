@@ -6,6 +6,11 @@
  * shows every line with its field. The blank line is the one to watch: it is
  * what makes the browser dispatch the event built from the lines above it.
  *
+ * It starts only when asked. Each tab reading it holds one more connection,
+ * and over HTTP/1.1 a browser allows six per host for all its tabs together:
+ * two tabs of this page, each with its two EventSources and this fetch, would
+ * leave none for a POST, and the broadcast panel's Send would hang.
+ *
  * fetch does not reconnect by itself, unlike EventSource: when the response
  * ends or the connection drops, the panel says so and waits for Resume.
  * Server text is shown with textContent only, so markup stays text.
@@ -115,6 +120,7 @@ function setState(state) {
   document.getElementById("wire-state").textContent = state;
   pauseButton.disabled = state !== "reading";
   resumeButton.disabled = state === "reading";
+  if (state !== "idle") resumeButton.textContent = "Resume";
 }
 
 pauseButton.addEventListener("click", () => {
@@ -128,4 +134,4 @@ document.getElementById("wire-clear").addEventListener("click", () => {
   lineCount.textContent = 0;
 });
 
-read();
+setState("idle");
