@@ -1,5 +1,6 @@
 """The demo page in Debian's chromium against real gunicorn: live panels, Close and
-Reconnect, recovery after a restart and after a 502, and server text kept as text.
+Reconnect, recovery after a restart and after a 502, server text kept as text, the
+Wire panel's raw lines, and the screenshot in docs/page.png.
 
 The page's strict CSP forbids eval, so every page.wait_for_function and
 page.evaluate below passes a function expression, never a bare expression.
@@ -231,3 +232,181 @@ def test_page_parameters_pass_to_the_stream_and_a_typo_is_reported(gunicorn, pag
     expect(page.locator("#stream-error")).to_have_text("ignored ?interval=fast: not a number")
     expect(page.locator("#state")).to_have_text("open")
     expect(page.locator("#pings li").first).to_have_text(ISO_TIME)  # only ?ping=0.1 sends one
+
+
+# --- The Wire panel: its own fetch of /stream, one element per line -------------------------
+
+WIRE_BOUND = 300  # MAX_LINES in static/wire.js
+
+
+def wire_lines(page, field=None):
+    return page.locator("#wire-lines li" + (f".{field}" if field else ""))
+
+
+def start_wire(page):
+    page.click("#wire-resume")
+    expect(page.locator("#wire-state")).to_have_text("reading")
+
+
+def wire_ids(page):
+    return [int(text.removeprefix("id: ")) for text in wire_lines(page, "id").all_text_contents()]
+
+
+def test_wire_panel_waits_for_start_so_a_tab_holds_one_stream_until_asked(gunicorn, page):
+    # Over HTTP/1.1 a browser gives a host six connections for all its tabs; two
+    # tabs each reading the wire as well would leave none for a POST.
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.05")
+    wait_for_count(page, 3)
+    expect(page.locator("#wire-state")).to_have_text("idle")
+    expect(wire_lines(page)).to_have_count(0)
+    assert open_streams(server) == 1
+
+    start_wire(page)
+    expect(page.locator("#wire-resume")).to_have_text("Resume")
+    expect(wire_lines(page, "data")).not_to_have_count(0, timeout=TIMEOUT)
+    assert open_streams(server) == 2
+
+
+def test_wire_panel_shows_each_line_styled_by_its_field(gunicorn, page):
+    server = gunicorn()
+    # Ticks and pings further apart than the heartbeat (0.2 s), so comments show too.
+    page.goto(server.url + "/?interval=0.3&ping=1")
+    start_wire(page)
+    # The page says what it fetched: the same URL as EventSource's.
+    expect(wire_lines(page).first).to_have_text("→ GET /stream?interval=0.3&ping=1 (fetch)")
+    expect(wire_lines(page, "retry").first).to_have_text("retry: 100", timeout=TIMEOUT)
+    expect(wire_lines(page, "id").first).to_have_text("id: 1")
+    expect(wire_lines(page, "data").first).to_have_text(re.compile(r'^data: \{"count": 1, '))
+    expect(wire_lines(page, "event").filter(has_text="event: random").first).to_be_visible()
+    expect(wire_lines(page, "event").filter(has_text="event: ping").first).to_be_visible()
+    expect(wire_lines(page, "comment").first).to_have_text(": heartbeat", timeout=TIMEOUT)
+    # Each field name is set apart from its value.
+    expect(wire_lines(page, "id").first.locator(".field")).to_have_text("id:")
+    # The blank line is shown, and says whether it dispatches an event.
+    expect(wire_lines(page, "blank").first).to_have_text("⏎ (blank line: no data, no event)")
+    expect(wire_lines(page, "blank").nth(1)).to_have_text("⏎ (blank line: dispatch)")
+    count = wire_lines(page).count()
+    assert count > 10
+    assert int(page.text_content("#wire-count")) >= count
+
+
+def test_wire_pause_stops_new_lines_and_resume_carries_on_after_the_last_id(gunicorn, page):
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.05")
+    start_wire(page)
+    expect(wire_lines(page, "id")).not_to_have_count(0, timeout=TIMEOUT)
+    page.wait_for_function("() => document.querySelectorAll('#wire-lines li.id').length >= 5",
+                           timeout=TIMEOUT)
+
+    page.click("#wire-pause")
+    expect(page.locator("#wire-state")).to_have_text("paused")
+    expect(page.locator("#wire-resume")).to_be_enabled()
+    last_id = wire_ids(page)[-1]
+    paused_at = wire_lines(page).count()
+    with pytest.raises(PlaywrightTimeoutError):
+        page.wait_for_function(
+            "n => document.querySelectorAll('#wire-lines li').length !== n", arg=paused_at,
+            timeout=QUIET)
+    # Pause aborted the fetch: the server's only /stream left is EventSource's.
+    wait_until(lambda: open_streams(server) == 1, timeout=5, what="the server to drop the fetch")
+    expect(page.locator("#count")).not_to_have_text(str(last_id))  # EventSource went on
+
+    page.click("#wire-resume")
+    expect(wire_lines(page, "meta").filter(has_text=f"lastEventId={last_id}")).to_have_count(1)
+    expect(wire_lines(page, "id").filter(has_text=f"id: {last_id + 1}")).to_have_count(
+        1, timeout=TIMEOUT)
+    ids = wire_ids(page)
+    assert ids == list(range(ids[0], ids[0] + len(ids))), f"skipped or repeated: {ids}"
+
+
+def test_wire_clear_empties_the_panel_and_reading_goes_on(gunicorn, page):
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.05")
+    start_wire(page)
+    expect(wire_lines(page, "retry")).to_have_count(1, timeout=TIMEOUT)
+
+    page.click("#wire-clear")
+    # retry: and the request line came first, once: after Clear they are gone for good.
+    expect(wire_lines(page, "retry")).to_have_count(0)
+    expect(wire_lines(page, "meta")).to_have_count(0)
+    cleared = page.evaluate("() => document.querySelectorAll('#wire-lines li').length")
+    assert cleared < 20
+    page.wait_for_function("() => document.querySelectorAll('#wire-lines li.data').length >= 5",
+                           timeout=TIMEOUT)
+    expect(page.locator("#wire-state")).to_have_text("reading")
+
+
+# Records the most lines the Wire panel ever held once a batch was appended.
+RECORD_MOST_LINES = """() => {
+  const list = document.querySelector('#wire-lines');
+  window.mostLines = list.childElementCount;
+  new MutationObserver(() => {
+    window.mostLines = Math.max(window.mostLines, list.childElementCount);
+  }).observe(list, { childList: true });
+}"""
+
+
+def test_wire_keeps_only_the_last_lines(gunicorn, page):
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.02")
+    start_wire(page)
+    page.wait_for_function(
+        "n => document.querySelectorAll('#wire-lines li').length === n", arg=WIRE_BOUND,
+        timeout=TIMEOUT)
+    page.evaluate(RECORD_MOST_LINES)
+    newest = wire_ids(page)[-1]
+    page.wait_for_timeout(QUIET)  # about 250 more lines arrive meanwhile
+
+    assert page.evaluate("() => window.mostLines") == WIRE_BOUND
+    expect(wire_lines(page)).to_have_count(WIRE_BOUND)
+    expect(page.locator("#wire-count")).to_have_text(str(WIRE_BOUND))
+    assert wire_ids(page)[-1] > newest  # still reading: the oldest lines went instead
+    expect(wire_lines(page, "retry")).to_have_count(0)  # the first lines were dropped
+
+
+def test_wire_shows_hostile_server_text_as_text(gunicorn, standin, page):
+    # As in test_server_text_is_shown_as_text_never_parsed_as_html: a stand-in
+    # on the app's port sends markup in an id and in data.
+    server = gunicorn()
+    page.goto(server.url + "/?interval=0.05")
+    start_wire(page)
+    expect(wire_lines(page, "id")).not_to_have_count(0, timeout=TIMEOUT)
+    server.stop()
+    expect(page.locator("#wire-state")).to_have_text("ended")  # fetch does not reconnect
+    standin(port_of(server), "hostile")
+
+    page.click("#wire-resume")
+    expect(wire_lines(page, "id").last).to_have_text("id: <img id=injected-id src=x>",
+                                                     timeout=TIMEOUT)
+    expect(wire_lines(page, "data").filter(has_text="injected-data").last).to_have_text(
+        "data: <img id=injected-data src=x>")
+    expect(wire_lines(page, "data").last).to_have_text(
+        'data: {"time": "<img id=injected-ping src=x>"}')
+    expect(page.locator("[id^=injected]")).to_have_count(0)
+    expect(page.locator("#wire-lines img")).to_have_count(0)
+
+
+def test_screenshot_of_the_page_with_every_panel_live(gunicorn, page):
+    """Save docs/page.png, the README's picture of the page at work (1280 px wide)."""
+    server = gunicorn(env={"SSE_PING_INTERVAL": "1"})  # pings a second apart, like a real clock
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(server.url + "/?interval=0.25")  # slower than the 0.2 s heartbeat: one shows
+    start_wire(page)
+    response = httpx.post(server.url + "/broadcast", json={"data": "Hello from another tab!"},
+                          timeout=5)
+    assert response.status_code == 202
+    expect(page.locator("#broadcast-log li")).to_have_text(["Hello from another tab!"])
+    wait_for_count(page, 16)
+    page.wait_for_function(
+        "() => Number(document.querySelector('#chart').dataset.points) >= 16", timeout=TIMEOUT)
+    expect(page.locator("#pings li")).to_have_count(3, timeout=TIMEOUT)
+    expect(wire_lines(page, "comment")).not_to_have_count(0)
+    expect(page.locator("#state")).to_have_text("open")
+    # The Wire panel from its first line, where retry: and the first event are.
+    page.evaluate("() => { document.querySelector('#wire-lines').scrollTop = 0; }")
+
+    path = ROOT / "docs" / "page.png"
+    path.parent.mkdir(exist_ok=True)
+    page.screenshot(path=path, full_page=True)
+    assert path.stat().st_size < 300_000
