@@ -13,9 +13,11 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-COLORS = {"flask": "tab:blue", "express": "tab:orange", "flask-redis": "tab:green"}
-LABELS = {"flask": "Flask /stream, 1 gevent worker", "express": "Express peer (seeds' pattern)",
-          "flask-redis": "Flask, Redis, 2 workers"}
+COLORS = {"flask": "tab:blue", "express": "tab:orange", "flask-redis": "tab:green",
+          "express-seed": "tab:purple"}
+LABELS = {"flask": "Flask, 1 gevent worker", "express": "Express peer (one write per tick)",
+          "flask-redis": "Flask, Redis, 2 workers",
+          "express-seed": "Express, seeds' literal pattern (a write per event)"}
 
 
 def load(folder, scenario):
@@ -73,12 +75,41 @@ def bars(ax, rows, keys, title, unit, target=None):
     ax.grid(alpha=0.3, axis="y")
 
 
+def steady_panels(panels, steady):
+    """fanout-steady at its largest N: a bar per server for each quantity."""
+    n = max(r["n"] for r in steady["summary"])
+    rows = [r for r in steady["summary"] if r["n"] == n]
+    runs = [r for r in steady["runs"] if r.get("n") == n and "skipped" not in r]
+    first = runs[0] if runs else {}
+    what = (f"steady fan-out, {n:,} subscribers, {first.get('messages', '?')} messages "
+            f"{first.get('gap', '?')} s apart")
+    lost = {}
+    for run in runs:
+        lost[run["server"]] = lost.get(run["server"], 0) + run["missing_deliveries"]
+    missing = ", ".join(f"{server} {count}" for server, count in lost.items())
+    bars(next(panels), rows, [("cpu_us_per_delivery", "CPU per delivery")],
+         f"{what}:\nserver CPU per delivery", "µs")
+    bars(next(panels), rows, [("server_busy_fraction", "core busy")],
+         "steady fan-out: server core busy", "fraction of one core")
+    bars(next(panels), rows, [("delivery_p50_ms", "delivery p50"),
+                              ("delivery_p99_ms", "delivery p99")],
+         f"steady fan-out: publish to delivery\n(missing deliveries, all repeats: {missing})",
+         "ms")
+    bars(next(panels), rows, [("post_answer_p50_ms", "POST answered p50"),
+                              ("post_answer_p99_ms", "POST answered p99"),
+                              ("post_answer_max_ms", "POST answered max")],
+         "steady fan-out: POST /broadcast answered", "ms", target=50)
+    bars(next(panels), rows, [("rss_per_subscriber_kb", "RSS per subscriber")],
+         "steady fan-out: server RSS per subscriber", "KB")
+
+
 def draw(folder):
     """Write bench.png in ``folder`` with one panel per measured quantity; return its path."""
     folder = Path(folder)
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8.5))
+    fig, axes = plt.subplots(3, 5, figsize=(22, 12.5))
     streams, saturation = load(folder, "streams"), load(folder, "saturation")
     first, fanout = load(folder, "first-bytes"), load(folder, "fanout")
+    steady = load(folder, "fanout-steady")
     panels = iter(axes.flat)
     if streams:
         by_n(next(panels), streams, "cpu_ms_per_1000_ticks", "server CPU per 1000 ticks",
@@ -102,6 +133,8 @@ def draw(folder):
              "ms")
         by_n(next(panels), fanout, "max_rate_p99_under_limit",
              "fan-out: max publish rate with p99 < 1 s", "messages/s")
+    if steady and steady["summary"]:
+        steady_panels(panels, steady)
     for ax in panels:
         ax.axis("off")
     handles = {}
@@ -109,7 +142,7 @@ def draw(folder):
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles))
-    meta = next((d["meta"] for d in (streams, saturation, first, fanout) if d), {})
+    meta = next((d["meta"] for d in (streams, saturation, first, fanout, steady) if d), {})
     fig.suptitle(f"SSE benchmark, server on one core, load generator on the other — "
                  f"{meta.get('date', '')} commit {meta.get('commit', '')}"
                  f"{' (dirty)' if meta.get('dirty') else ''}", fontsize=11)
