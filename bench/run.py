@@ -25,6 +25,7 @@ express (bench/peers/express/server.js: one write per tick) and express-seed
 
 import argparse
 import asyncio
+import hashlib
 import http.client
 import json
 import os
@@ -388,13 +389,18 @@ def meta(args):
     express = PEER / "node_modules" / "express" / "package.json"
     versions["express"] = json.loads(express.read_text())["version"] if express.exists() else None
     versions["node"] = output(["node", "--version"])
+    # Which script ran under which name: "express" changed from the seeds' pattern to
+    # one write per tick, and bench/chart.py labels older results by this key's absence.
+    peers = {name: {"script": f"bench/peers/express/{script}",
+                    "sha256": hashlib.sha256((PEER / script).read_bytes()).hexdigest()[:12]}
+             for name, script in PEER_SCRIPTS.items()}
     versions["python"] = platform.python_version()
     return {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
             "commit": output(["git", "rev-parse", "--short", "HEAD"]),
             "dirty": bool(output(["git", "status", "--porcelain", "--untracked-files=no"])),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-            "kernel": platform.release(), "versions": versions,
+            "kernel": platform.release(), "versions": versions, "peers": peers,
             "server_cpus": args.server_cpus, "loadgen_cpus": args.loadgen_cpus}
 
 
