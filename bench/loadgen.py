@@ -647,7 +647,8 @@ def run_fanout_steady(url, n, messages=20, gap=1.0, settle=2.0, linger=5.0, rate
     ("ramped"), and ``settle`` s later at the "start" and at the "end" of the window.
     """
     host, port, target = parse_url(url)
-    sample = sample or (lambda moment: {"cpu_seconds": 0.0})
+    measured = sample is not None  # alone (from the command line) it cannot see the server
+    sample = sample or (lambda moment: {"cpu_seconds": None})
     with Fleet(url, n, rate, timeout, max_seconds=n / rate + messages * (gap + post_timeout) + 300,
                per_process=per_process) as fleet:
         established, failed = fleet.wait_ready(timeout=n / rate + timeout * 2 + 30)
@@ -679,8 +680,8 @@ def run_fanout_steady(url, n, messages=20, gap=1.0, settle=2.0, linger=5.0, rate
         after = sample("end")
         window = time.monotonic() - began
         report = fleet.report()
-    out = steady_summary(report, established, posts, after["cpu_seconds"] - before["cpu_seconds"],
-                         window)
+    server_cpu = after["cpu_seconds"] - before["cpu_seconds"] if measured else None
+    out = steady_summary(report, established, posts, server_cpu, window)
     out.update(subscribers=n, established=established, ramp_failed=failed,
                ramp_seconds=round(fleet.ramp_seconds, 2), gap=gap,
                samples={"ramped": ramped, "start": before, "end": after},
@@ -696,7 +697,7 @@ def steady_summary(report, established, posts, server_cpu_seconds, window_second
     Every one of the ``established`` subscribers should get every posted
     message: the ones that did not are ``missing_deliveries``. CPU per delivery
     is the server's CPU over the whole window (POSTs, fan-out, idle streams)
-    divided by the deliveries that arrived.
+    divided by the deliveries that arrived (None when it was not measured).
     """
     by_seq = report["delivery_by_seq"]
     every, slowest, answers = Hist(), Hist(), Hist()
@@ -729,8 +730,10 @@ def steady_summary(report, established, posts, server_cpu_seconds, window_second
         "post_answer_p50_ms": answers.percentile(50), "post_answer_p99_ms": answers.percentile(99),
         "post_answer_max_ms": answers.percentile(100),
         "server_cpu_s": server_cpu_seconds, "window_seconds": round(window_seconds, 3),
-        "server_busy_fraction": server_cpu_seconds / window_seconds if window_seconds else None,
-        "cpu_us_per_delivery": server_cpu_seconds * 1e6 / deliveries if deliveries else None,
+        "server_busy_fraction": (server_cpu_seconds / window_seconds
+                                 if server_cpu_seconds is not None and window_seconds else None),
+        "cpu_us_per_delivery": (server_cpu_seconds * 1e6 / deliveries
+                                if server_cpu_seconds is not None and deliveries else None),
         "per_message": per_message,
     }
 
@@ -766,7 +769,7 @@ def main(argv=None):
         result = asyncio.run(first_bytes(args.url, args.count, 0.005, args.timeout))
     elif args.mode == "fanout-steady":
         result = run_fanout_steady(args.url, args.n, args.messages, args.gap or 1.0,
-                                   rate=args.rate, timeout=args.timeout)
+                                   settle=args.settle, rate=args.rate, timeout=args.timeout)
     else:
         result = run_fanout(args.url, args.n, args.messages, args.gap or 0.5, rate=args.rate,
                             timeout=args.timeout)

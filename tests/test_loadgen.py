@@ -158,3 +158,11 @@ def test_steady_summary_of_a_message_nobody_got():
     assert summary["deliveries"] == 0 and summary["missing_deliveries"] == 2
     assert summary["cpu_us_per_delivery"] is None and summary["delivery_p99_ms"] is None
     assert summary["post_statuses"] == {"error: TimeoutError": 1} and not summary["complete"]
+
+
+def test_steady_summary_without_a_server_sample_prices_nothing():
+    posts = [{"seq": 0, "sent_at_s": 0.0, "status": 202, "answer_ms": 1.0}]
+    summary = loadgen.steady_summary(loadgen.merge([report_with({0: [4]})]), established=1,
+                                     posts=posts, server_cpu_seconds=None, window_seconds=1.0)
+    assert summary["complete"] and summary["deliveries"] == 1
+    assert summary["cpu_us_per_delivery"] is None and summary["server_busy_fraction"] is None
