@@ -11,6 +11,7 @@ Usage (bench/run.py drives it; alone it is handy against a running server):
     python bench/loadgen.py streams 'http://127.0.0.1:8000/stream?interval=1' -n 1000 --duration 10
     python bench/loadgen.py first-bytes 'http://127.0.0.1:8000/stream' --count 200
     python bench/loadgen.py fanout 'http://127.0.0.1:8000/broadcast' -n 1000 --messages 20
+    python bench/loadgen.py fanout-steady 'http://127.0.0.1:8000/broadcast' -n 1000 --messages 20
 
 Loopback only: any other host is refused. Every loop is bounded in count and time.
 """
@@ -133,6 +134,7 @@ class Stats:
         self.first_event = Hist()
         self.deliveries = {}  # fan-out message seq -> [receivers, slowest seconds]
         self.delivery = Hist()
+        self.delivery_by_seq = {}  # fan-out message seq -> Hist of its receivers' latencies
         self.clock = ServerClock()
 
     def report(self):
@@ -144,6 +146,7 @@ class Stats:
             "headers": self.headers.to_json(), "first_event": self.first_event.to_json(),
             "deliveries": {str(k): v for k, v in self.deliveries.items()},
             "delivery": self.delivery.to_json(),
+            "delivery_by_seq": {str(k): v.to_json() for k, v in self.delivery_by_seq.items()},
         }
 
 
@@ -286,6 +289,7 @@ class SSEClient(asyncio.Protocol):
             entry[0] += 1
             entry[1] = max(entry[1], latency)
             self.stats.delivery.add(latency * 1000)
+            self.stats.delivery_by_seq.setdefault(int(match[1]), Hist()).add(latency * 1000)
 
 
 def request_bytes(target, port):
@@ -356,7 +360,7 @@ async def read_command(reader, timeout):
 
 
 async def child(args):
-    """One load process: open streams, then obey WINDOW / REPORT / QUIT from the parent."""
+    """One load process: open streams, then obey WINDOW / PEEK / REPORT / QUIT from the parent."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -364,7 +368,7 @@ async def child(args):
     clients = await open_streams(stats, args.url, args.n, args.rate, args.timeout)
     say({"ready": True, "established": stats.established, "failed": dict(stats.failed)})
     cpu = {}
-    for _ in range(1000):  # commands are few; the bound only stops a runaway parent
+    for _ in range(10_000):  # commands are few; the bound only stops a runaway parent
         command = await read_command(reader, args.max_seconds)
         if command[0] == "WINDOW":
             start, end = float(command[1]), float(command[2])
@@ -377,7 +381,9 @@ async def child(args):
             report["open"] = sum(not c.closed for c in clients)
             say(report)
             if stats.deliveries:  # fan-out reports per step: start the next one fresh
-                stats.deliveries, stats.delivery = {}, Hist()
+                stats.deliveries, stats.delivery, stats.delivery_by_seq = {}, Hist(), {}
+        elif command[0] == "PEEK":  # fan-out deliveries so far, without starting afresh
+            say({"received": sum(receivers for receivers, _ in stats.deliveries.values())})
         elif command[0] == "QUIT":
             break
     for client in clients:
@@ -443,6 +449,11 @@ class Fleet:
         self.send("REPORT")
         return merge(self.replies(timeout))
 
+    def received(self, timeout=30):
+        """Fan-out deliveries counted so far by all the children."""
+        self.send("PEEK")
+        return sum(r["received"] for r in self.replies(timeout))
+
     def close(self):
         for proc in self.procs:
             try:
@@ -467,7 +478,7 @@ class Fleet:
 def merge(reports):
     """Add up the children's reports; histograms merge bucket by bucket."""
     total = {"processes": len(reports), "cpu_seconds_per_process": [], "failed": Counter(),
-             "events": Counter(), "deliveries": {}}
+             "events": Counter(), "deliveries": {}, "delivery_by_seq": {}}
     hists = {k: Hist() for k in ("lag", "first_byte", "headers", "first_event", "delivery")}
     for r in reports:
         for key in ("opened", "established", "ended_by_server", "count_gaps", "bytes", "open"):
@@ -481,6 +492,8 @@ def merge(reports):
             entry = total["deliveries"].setdefault(int(seq), [0, 0.0])
             entry[0] += receivers
             entry[1] = max(entry[1], slowest)
+        for seq, buckets in r.get("delivery_by_seq", {}).items():
+            total["delivery_by_seq"].setdefault(int(seq), Hist()).merge(Hist.from_json(buckets))
     total["failed"], total["events"] = dict(total["failed"]), dict(total["events"])
     total["cpu_seconds"] = sum(total["cpu_seconds_per_process"])
     total.update(hists)
@@ -623,10 +636,112 @@ def fanout_summary(report, seqs, established, statuses):
             "delivery": report["delivery"].summary()}
 
 
+def run_fanout_steady(url, n, messages=20, gap=1.0, settle=2.0, linger=5.0, rate=1000.0,
+                      timeout=10.0, post_timeout=30.0, sample=None, per_process=None):
+    """N subscribers, one POST every ``gap`` s: every delivery timed, every POST answer timed.
+
+    The window opens just before the first POST and closes once every
+    subscriber has every message (at the earliest ``messages * gap`` s after
+    the first POST, at the latest ``linger`` s after that). ``sample(moment)``
+    gives the server's {"cpu_seconds", "rss_kb"} when the subscribers are up
+    ("ramped"), and ``settle`` s later at the "start" and at the "end" of the window.
+    """
+    host, port, target = parse_url(url)
+    measured = sample is not None  # alone (from the command line) it cannot see the server
+    sample = sample or (lambda moment: {"cpu_seconds": None})
+    with Fleet(url, n, rate, timeout, max_seconds=n / rate + messages * (gap + post_timeout) + 300,
+               per_process=per_process) as fleet:
+        established, failed = fleet.wait_ready(timeout=n / rate + timeout * 2 + 30)
+        ramped = sample("ramped")
+        time.sleep(settle)
+        fleet.send(f"WINDOW {time.time()} {time.time() + 86400}")  # loadgen CPU from now on
+        conn = http.client.HTTPConnection(host, port, timeout=post_timeout)
+        posts = []
+        before = sample("start")
+        began = time.monotonic()
+        for seq in range(messages):
+            # On a fixed schedule: a slow answer delays the next POST, never the ones after it.
+            time.sleep(max(0.0, began + seq * gap - time.monotonic()))
+            sent_at = time.monotonic() - began
+            asked = time.perf_counter()
+            try:
+                status = publish(conn, target, seq)
+            except (OSError, http.client.HTTPException) as exc:  # a timeout is an OSError
+                status = f"error: {type(exc).__name__}"
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=post_timeout)
+            posts.append({"seq": seq, "sent_at_s": round(sent_at, 4), "status": status,
+                          "answer_ms": (time.perf_counter() - asked) * 1000})
+        conn.close()
+        time.sleep(max(0.0, began + messages * gap - time.monotonic()))
+        deadline = time.monotonic() + linger
+        while fleet.received() < established * messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = sample("end")
+        window = time.monotonic() - began
+        report = fleet.report()
+    server_cpu = after["cpu_seconds"] - before["cpu_seconds"] if measured else None
+    out = steady_summary(report, established, posts, server_cpu, window)
+    out.update(subscribers=n, established=established, ramp_failed=failed,
+               ramp_seconds=round(fleet.ramp_seconds, 2), gap=gap,
+               samples={"ramped": ramped, "start": before, "end": after},
+               ended_by_server=report["ended_by_server"], open_at_end=report["open"],
+               loadgen_cpu_fraction=report["cpu_seconds"] / window,
+               loadgen_processes=report["processes"])
+    return out
+
+
+def steady_summary(report, established, posts, server_cpu_seconds, window_seconds):
+    """What a steady fan-out cost and how it went, from the merged report and the POSTs.
+
+    Every one of the ``established`` subscribers should get every posted
+    message: the ones that did not are ``missing_deliveries``. CPU per delivery
+    is the server's CPU over the whole window (POSTs, fan-out, idle streams)
+    divided by the deliveries that arrived (None when it was not measured).
+    """
+    by_seq = report["delivery_by_seq"]
+    every, slowest, answers = Hist(), Hist(), Hist()
+    per_message = []
+    for post in posts:
+        hist = by_seq.get(post["seq"], Hist())
+        receivers = hist.count()
+        every.merge(hist)
+        answers.add(post["answer_ms"])
+        if receivers:
+            slowest.add(hist.percentile(100))
+        per_message.append({
+            "seq": post["seq"], "sent_at_s": post["sent_at_s"], "status": post["status"],
+            "answer_ms": round(post["answer_ms"], 2), "receivers": receivers,
+            "missing": max(0, established - receivers), "p50_ms": hist.percentile(50),
+            "p99_ms": hist.percentile(99), "max_ms": hist.percentile(100)})
+    deliveries = every.count()
+    statuses = Counter(str(p["status"]) for p in posts)
+    missing = sum(m["missing"] for m in per_message)
+    return {
+        "messages": len(posts), "post_statuses": dict(statuses),
+        "deliveries": deliveries, "expected_deliveries": established * len(posts),
+        "missing_deliveries": missing,
+        "duplicate_deliveries": sum(max(0, m["receivers"] - established) for m in per_message),
+        "complete": missing == 0 and statuses.get("202", 0) == len(posts),
+        "delivery_p50_ms": every.percentile(50), "delivery_p99_ms": every.percentile(99),
+        "delivery_max_ms": every.percentile(100),
+        "all_have_it_p50_ms": slowest.percentile(50), "all_have_it_p99_ms": slowest.percentile(99),
+        "all_have_it_max_ms": slowest.percentile(100),
+        "post_answer_p50_ms": answers.percentile(50), "post_answer_p99_ms": answers.percentile(99),
+        "post_answer_max_ms": answers.percentile(100),
+        "server_cpu_s": server_cpu_seconds, "window_seconds": round(window_seconds, 3),
+        "server_busy_fraction": (server_cpu_seconds / window_seconds
+                                 if server_cpu_seconds is not None and window_seconds else None),
+        "cpu_us_per_delivery": (server_cpu_seconds * 1e6 / deliveries
+                                if server_cpu_seconds is not None and deliveries else None),
+        "per_message": per_message,
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
-    for name in ("streams", "child", "first-bytes", "fanout"):
+    for name in ("streams", "child", "first-bytes", "fanout", "fanout-steady"):
         p = sub.add_parser(name)
         p.add_argument("url")
         p.add_argument("-n", type=int, default=1000, help="streams to hold open")
@@ -636,7 +751,8 @@ def main(argv=None):
         p.add_argument("--settle", type=float, default=2, help="seconds between ramp and window")
         p.add_argument("--count", type=int, default=200, help="first-bytes: connections")
         p.add_argument("--messages", type=int, default=20, help="fanout: messages, one at a time")
-        p.add_argument("--gap", type=float, default=0.5, help="fanout: seconds between them")
+        p.add_argument("--gap", type=float, help="fanout: seconds between messages "
+                                                  "(default 0.5; fanout-steady: 1)")
         p.add_argument("--max-seconds", type=float, default=600, help="child: wait no longer")
     args = parser.parse_args(argv)
     if uvloop is not None:
@@ -651,8 +767,11 @@ def main(argv=None):
             result[key] = result[key].summary()
     elif args.mode == "first-bytes":
         result = asyncio.run(first_bytes(args.url, args.count, 0.005, args.timeout))
+    elif args.mode == "fanout-steady":
+        result = run_fanout_steady(args.url, args.n, args.messages, args.gap or 1.0,
+                                   settle=args.settle, rate=args.rate, timeout=args.timeout)
     else:
-        result = run_fanout(args.url, args.n, args.messages, args.gap, rate=args.rate,
+        result = run_fanout(args.url, args.n, args.messages, args.gap or 0.5, rate=args.rate,
                             timeout=args.timeout)
     json.dump(result, sys.stdout, indent=1, default=str)
     print()

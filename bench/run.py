@@ -8,16 +8,25 @@ Usage:
     make bench                                   # the full run (about an hour)
     make bench-smoke                             # a small run that checks the plumbing
     .venv/bin/python bench/run.py --scenarios streams --streams 1000,5000 --duration 10
+    .venv/bin/python bench/run.py --scenarios fanout-steady   # 10k subscribers, 20 messages
 
 Scenarios (each run --repeats times, a fresh server every time):
-    streams     N concurrent /stream?interval=1 clients: delivery, lag, RSS and CPU per tick
-    saturation  2k streams at interval=0.025: ticks/s delivered with the server's core full
-    first-bytes 200 sequential connections to an idle server: time to first byte and event
-    fanout      one POST /broadcast to N subscribers: time until all have it, max rate
+    streams       N concurrent /stream?interval=1 clients: delivery, lag, RSS and CPU per tick
+    saturation    2k streams at interval=0.025: ticks/s delivered with the server's core full
+    first-bytes   200 sequential connections to an idle server: time to first byte and event
+    fanout        one POST /broadcast to N subscribers: time until all have it, max rate
+    fanout-steady 10k subscribers, one POST /broadcast a second, 20 messages: CPU per
+                  delivery, delivery latency, POST answer time, RSS per subscriber, losses
+
+Servers: flask (gunicorn, one gevent worker), flask-redis (Redis broker, two workers),
+express (bench/peers/express/server.js: one write per tick) and express-seed
+(server-seed.js: the seeds' literal pattern, a write per event).
 """
 
 import argparse
 import asyncio
+import hashlib
+import http.client
 import json
 import os
 import platform
@@ -37,6 +46,8 @@ import loadgen  # noqa: E402  (beside this file, not an installed package)
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PEER = BENCH / "peers" / "express"
+# The Express peers by server name: the careful one, and the seeds' literal one.
+PEER_SCRIPTS = {"express": "server.js", "express-seed": "server-seed.js"}
 
 # Enough for 19k streams on one worker under this machine's 20k open-file cap;
 # the app refuses stream 19,501 with a 503 while the worker can still accept it.
@@ -104,12 +115,15 @@ class Target:
 
 
 def start(name, port, args):
-    """Start server ``name``: flask (gunicorn, one gevent worker), express, or flask-redis."""
+    """Start server ``name``: flask (one gevent worker), flask-redis, or an Express peer."""
     log_dir = args.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    if name == "express":
-        return Target(name, ["node", "server.js"], port, PEER, {"PORT": str(port)}, workers=0,
-                      cpus=args.server_cpus, log_dir=log_dir)
+    if name in PEER_SCRIPTS:
+        return Target(name, ["node", PEER_SCRIPTS[name]], port, PEER, {"PORT": str(port)},
+                      workers=0, cpus=args.server_cpus, log_dir=log_dir)
+    if name not in ("flask", "flask-redis"):
+        raise SystemExit(f"unknown server {name!r}: flask, flask-redis, "
+                         f"{', '.join(PEER_SCRIPTS)}")
     env = dict(FLASK_ENV)
     workers = 1
     redis = None
@@ -279,6 +293,50 @@ def fanout_run(name, n, args, rep):
     return result
 
 
+def warm_up_broadcast(target):
+    """A few subscribers come and go, and one POST, so idle RSS includes the broadcast paths.
+
+    Returns why GET /broadcast failed, or None.
+    """
+    # first_bytes waits for a counter event, which /broadcast never sends: 0.2 s each.
+    probe = asyncio.run(loadgen.first_bytes(target.url + "/broadcast", 5, 0.005, 0.2))
+    if probe["established"] < 5:
+        return f"GET /broadcast failed: {probe['failed']}"
+    conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=10)
+    try:
+        conn.request("POST", "/broadcast", json.dumps({"data": "warm-up"}),
+                     {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    return None if response.status == 202 else f"POST /broadcast answered {response.status}"
+
+
+def fanout_steady_run(name, n, args, rep):
+    """N subscribers on GET /broadcast; one POST a second: what each delivery cost, how late."""
+    target = start(name, loadgen_free_port(), args)
+    try:
+        failed = warm_up_broadcast(target)
+        if failed:
+            return {"scenario": "fanout-steady", "server": name, "n": n, "repeat": rep,
+                    "skipped": failed}
+        time.sleep(0.5)
+        idle = target.sample()
+        result = loadgen.run_fanout_steady(
+            f"{target.url}/broadcast", n, args.fanout_steady_messages, args.fanout_steady_gap,
+            settle=args.settle, rate=args.ramp_rate, sample=lambda moment: target.sample())
+    finally:
+        target.stop()
+    ramped, end = result["samples"]["ramped"], result["samples"]["end"]
+    result.update(
+        scenario="fanout-steady", server=name, n=n, repeat=rep,
+        rss_idle_kb=idle["rss_kb"], rss_subscribed_kb=ramped["rss_kb"], rss_end_kb=end["rss_kb"],
+        rss_per_subscriber_kb=(ramped["rss_kb"] - idle["rss_kb"]) / max(1, result["established"]),
+        load_average=os.getloadavg())
+    return result
+
+
 def summarize(runs, keys, group=("server", "n")):
     """Median, min and max of each metric over the repeats of one configuration."""
     groups = {}
@@ -306,6 +364,10 @@ FIRST_KEYS = ["first_byte_p50_ms", "first_byte_p99_ms", "first_event_p50_ms",
               "first_event_p99_ms"]
 FANOUT_KEYS = ["established", "all_have_it_p50_ms", "all_have_it_p99_ms",
                "max_rate_p99_under_limit"]
+STEADY_KEYS = ["established", "cpu_us_per_delivery", "server_busy_fraction",
+               "delivery_p50_ms", "delivery_p99_ms", "delivery_max_ms", "all_have_it_p99_ms",
+               "post_answer_p50_ms", "post_answer_p99_ms", "post_answer_max_ms",
+               "rss_per_subscriber_kb", "missing_deliveries", "loadgen_cpu_fraction"]
 
 
 def meta(args):
@@ -327,13 +389,18 @@ def meta(args):
     express = PEER / "node_modules" / "express" / "package.json"
     versions["express"] = json.loads(express.read_text())["version"] if express.exists() else None
     versions["node"] = output(["node", "--version"])
+    # Which script ran under which name: "express" changed from the seeds' pattern to
+    # one write per tick, and bench/chart.py labels older results by this key's absence.
+    peers = {name: {"script": f"bench/peers/express/{script}",
+                    "sha256": hashlib.sha256((PEER / script).read_bytes()).hexdigest()[:12]}
+             for name, script in PEER_SCRIPTS.items()}
     versions["python"] = platform.python_version()
     return {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
             "commit": output(["git", "rev-parse", "--short", "HEAD"]),
             "dirty": bool(output(["git", "status", "--porcelain", "--untracked-files=no"])),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-            "kernel": platform.release(), "versions": versions,
+            "kernel": platform.release(), "versions": versions, "peers": peers,
             "server_cpus": args.server_cpus, "loadgen_cpus": args.loadgen_cpus}
 
 
@@ -344,11 +411,20 @@ def save(args, scenario, runs, keys, group=("server", "n")):
     print(f"wrote {path}", flush=True)
 
 
+SHOW_STEADY = ("scenario", "server", "n", "repeat", "established", "cpu_us_per_delivery",
+               "server_busy_fraction", "delivery_p50_ms", "delivery_p99_ms", "post_answer_p50_ms",
+               "post_answer_p99_ms", "post_answer_max_ms", "rss_per_subscriber_kb",
+               "missing_deliveries", "loadgen_cpu_fraction", "skipped")
+
+
 def show(run):
+    """One line per run: the metrics a reader looks at first."""
     keys = ("scenario", "server", "n", "repeat", "established", "ticks_per_s", "delivered_ratio",
             "lag_p99_ms", "rss_per_stream_kb", "cpu_ms_per_1000_ticks", "loadgen_cpu_fraction",
             "first_byte_p99_ms", "first_event_p99_ms", "all_have_it_p99_ms",
             "max_rate_p99_under_limit", "skipped")
+    if run.get("scenario") == "fanout-steady":
+        keys = SHOW_STEADY
     print("  ".join(f"{k}={round(run[k], 3) if isinstance(run[k], float) else run[k]}"
                     for k in keys if k in run), flush=True)
 
@@ -359,8 +435,11 @@ def main(argv=None):
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--smoke", action="store_true",
                         help="small numbers for a quick check (≤ 2,000 streams, short windows)")
-    parser.add_argument("--scenarios", default="streams,saturation,first-bytes,fanout")
-    parser.add_argument("--servers", default="flask,express")
+    parser.add_argument("--scenarios",
+                        default="streams,saturation,first-bytes,fanout,fanout-steady")
+    parser.add_argument("--servers", default="flask,express",
+                        help="for streams, saturation, first-bytes and fanout-steady; "
+                             "also flask-redis, express-seed")
     parser.add_argument("--streams", help="N list for scenario streams (default 1k..19k)")
     parser.add_argument("--duration", type=float, help="seconds measured after ramp-up")
     parser.add_argument("--repeats", type=int, default=2)
@@ -375,6 +454,12 @@ def main(argv=None):
     parser.add_argument("--gap", type=float, default=0.5, help="fanout: seconds between them")
     parser.add_argument("--rates", help="fanout: publish rates (per second) to step through")
     parser.add_argument("--step-seconds", type=float, help="fanout: seconds per rate step")
+    parser.add_argument("--fanout-steady-subscribers",
+                        help="fanout-steady: subscriber counts (default 10000)")
+    parser.add_argument("--fanout-steady-messages", type=int,
+                        help="fanout-steady: messages, one every --fanout-steady-gap (default 20)")
+    parser.add_argument("--fanout-steady-gap", type=float, default=1.0,
+                        help="fanout-steady: seconds between messages")
     parser.add_argument("--server-cpus", default="0", help="taskset list for the servers")
     parser.add_argument("--loadgen-cpus", default="1", help="CPUs for this script and loadgen")
     parser.add_argument("--perf", action="store_true",
@@ -395,6 +480,9 @@ def main(argv=None):
     args.rates = [float(x) for x in (args.rates or ("5,20" if small else
                                                      "1,2,5,10,20,50,100,200")).split(",")]
     args.step_seconds = args.step_seconds or (2.0 if small else 10.0)
+    args.fanout_steady_subscribers = [int(x) for x in (
+        args.fanout_steady_subscribers or ("500" if small else "10000")).split(",")]
+    args.fanout_steady_messages = args.fanout_steady_messages or (5 if small else 20)
     args.out = args.out or BENCH / ("results/smoke" if small else "results")
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -407,7 +495,7 @@ def main(argv=None):
 def run_scenarios(args):
     os.sched_setaffinity(0, {int(c) for c in args.loadgen_cpus.split(",")})
     servers = args.servers.split(",")
-    if "express" in servers + args.fanout_servers.split(","):
+    if set(PEER_SCRIPTS) & set(servers + args.fanout_servers.split(",")):
         install_peer()
     scenarios = args.scenarios.split(",")
     if "streams" in scenarios:
@@ -445,6 +533,18 @@ def run_scenarios(args):
                         runs.append(fanout_run(name, n, args, rep))
                     show(runs[-1])
                     save(args, "fanout", runs, FANOUT_KEYS)
+    if "fanout-steady" in scenarios:
+        runs = []
+        for rep in range(args.repeats):
+            for n in args.fanout_steady_subscribers:
+                for name in servers:
+                    if name == "flask-redis" and not shutil.which("redis-server"):
+                        runs.append({"scenario": "fanout-steady", "server": name, "n": n,
+                                     "repeat": rep, "skipped": "redis-server not installed"})
+                    else:
+                        runs.append(fanout_steady_run(name, n, args, rep))
+                    show(runs[-1])
+                    save(args, "fanout-steady", runs, STEADY_KEYS)
 
 
 def install_peer():

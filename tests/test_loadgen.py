@@ -97,3 +97,72 @@ def test_only_loopback_is_allowed():
         loadgen.parse_url("http://example.com/stream")
     assert loadgen.parse_url("http://127.0.0.1:8000/stream?interval=1") == (
         "127.0.0.1", 8000, "/stream?interval=1")
+
+
+def broadcast(seq, sent, id="1700000000000-0"):
+    """What POST /broadcast sends each subscriber for one of loadgen's marked messages."""
+    return chunk(b'id: %s\ndata: "bench:%d:%.6f"\n\n' % (id.encode(), seq, sent))
+
+
+def test_each_fanout_message_gets_its_own_latency_histogram():
+    now = time.time()
+    stats, _ = feed([HEAD + chunk(b"retry: 2000\n\n") + broadcast(0, now - 0.3)
+                     + chunk(b": heartbeat\n") + broadcast(1, now - 0.05)])
+    assert sorted(stats.delivery_by_seq) == [0, 1]
+    assert 300 <= stats.delivery_by_seq[0].percentile(50) < 400
+    assert 50 <= stats.delivery_by_seq[1].percentile(50) < 150
+    assert stats.delivery.count() == 2
+
+
+def report_with(latencies_ms):
+    """A child's report whose deliveries have these latencies, per message seq."""
+    stats = loadgen.Stats()
+    for seq, values in latencies_ms.items():
+        for ms in values:
+            stats.delivery_by_seq.setdefault(seq, loadgen.Hist()).add(ms)
+            entry = stats.deliveries.setdefault(seq, [0, 0.0])
+            entry[0] += 1
+            entry[1] = max(entry[1], ms / 1000)
+    return {**stats.report(), "cpu_seconds": 0.0, "open": 0}
+
+
+def test_per_message_histograms_add_up_across_load_processes():
+    merged = loadgen.merge([report_with({0: [10, 20]}), report_with({0: [30], 1: [5]})])
+    assert merged["delivery_by_seq"][0].count() == 3
+    assert merged["delivery_by_seq"][0].percentile(100) == 30
+    assert merged["deliveries"] == {0: [3, 0.03], 1: [1, 0.005]}
+
+
+def test_steady_summary_counts_missing_deliveries_and_prices_the_ones_that_came():
+    report = loadgen.merge([report_with({0: [10, 20, 30], 1: [40, 50], 2: [5, 6, 7]})])
+    posts = [{"seq": 0, "sent_at_s": 0.0, "status": 202, "answer_ms": 2.0},
+             {"seq": 1, "sent_at_s": 1.0, "status": 202, "answer_ms": 80.0},
+             {"seq": 2, "sent_at_s": 2.0, "status": 202, "answer_ms": 3.0}]
+    summary = loadgen.steady_summary(report, established=3, posts=posts,
+                                     server_cpu_seconds=0.008, window_seconds=4.0)
+    assert summary["deliveries"] == 8 and summary["expected_deliveries"] == 9
+    assert summary["missing_deliveries"] == 1 and not summary["complete"]
+    assert [m["missing"] for m in summary["per_message"]] == [0, 1, 0]
+    assert summary["cpu_us_per_delivery"] == pytest.approx(1000)
+    assert summary["server_busy_fraction"] == pytest.approx(0.002)
+    assert (summary["delivery_p50_ms"], summary["delivery_max_ms"]) == (10, 50)
+    assert summary["all_have_it_max_ms"] == 50  # the slowest receiver of message 1
+    assert (summary["post_answer_p50_ms"], summary["post_answer_max_ms"]) == (3, 80)
+    assert summary["post_statuses"] == {"202": 3}
+
+
+def test_steady_summary_of_a_message_nobody_got():
+    posts = [{"seq": 0, "sent_at_s": 0.0, "status": "error: TimeoutError", "answer_ms": 30000.0}]
+    summary = loadgen.steady_summary(loadgen.merge([report_with({})]), established=2,
+                                     posts=posts, server_cpu_seconds=0.5, window_seconds=6.0)
+    assert summary["deliveries"] == 0 and summary["missing_deliveries"] == 2
+    assert summary["cpu_us_per_delivery"] is None and summary["delivery_p99_ms"] is None
+    assert summary["post_statuses"] == {"error: TimeoutError": 1} and not summary["complete"]
+
+
+def test_steady_summary_without_a_server_sample_prices_nothing():
+    posts = [{"seq": 0, "sent_at_s": 0.0, "status": 202, "answer_ms": 1.0}]
+    summary = loadgen.steady_summary(loadgen.merge([report_with({0: [4]})]), established=1,
+                                     posts=posts, server_cpu_seconds=None, window_seconds=1.0)
+    assert summary["complete"] and summary["deliveries"] == 1
+    assert summary["cpu_us_per_delivery"] is None and summary["server_busy_fraction"] is None
