@@ -9,6 +9,7 @@ file: sse.py (the wire format), streams.py (the cap, the clock, and how a
 stream ends), broker.py (broadcast), chat.py (the chat model), settings.py.
 """
 
+import functools
 import hmac
 import json
 import math
@@ -71,12 +72,12 @@ def stream():
                 return  # no end event: EventSource reconnects and resumes
             chunk = b""
             if now >= next_ping:
-                chunk += format_event(json.dumps({"time": utc_now()}), event="ping")
+                chunk += format_event(json={"time": utc_now()}, event="ping")
                 next_ping = max(next_ping + ping_every, now)
             if now >= next_tick:
                 # The id goes on the counter only: the browser sends it back on reconnect.
-                chunk += format_event(json.dumps({"count": count, "time": utc_now()}), id=count)
-                chunk += format_event(json.dumps({"value": random.randrange(100)}), event="random")
+                chunk += format_event(json={"count": count, "time": utc_now()}, id=count)
+                chunk += format_event(json={"value": random.randrange(100)}, event="random")
                 count += 1
                 next_tick = max(next_tick + interval, now)  # a late tick is skipped, not bunched
             # One write per wake-up. With nothing due, a comment: proxies see
@@ -84,7 +85,7 @@ def stream():
             yield chunk or HEARTBEAT
             last_write = now
         # Tells the page the stream is over, so it closes instead of reconnecting.
-        yield format_event(json.dumps({"reason": "limit", "limit": limit}), event="end")
+        yield format_event(json={"reason": "limit", "limit": limit}, event="end")
 
     return event_stream(events)
 
@@ -340,7 +341,13 @@ def answer_events(answers, completion_id, after, stream, heartbeat):
 def utc_now():
     """The current UTC time in ISO 8601 with milliseconds, e.g. 2026-11-21T15:00:00.123Z."""
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    return f"{_utc_second(int(now))}.{int(now % 1 * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=2)
+def _utc_second(second):
+    """The date and time to the second: thousands of streams tick within each one."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 # Plain ASCII decimals: float() and int() would also take 1_000, ١٢ or ＱＱ's digits.

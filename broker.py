@@ -29,7 +29,6 @@ Nobody waits for it, and it never holds more than its queue.
 
 import collections
 import heapq
-import json
 import logging
 import re
 import threading
@@ -92,7 +91,7 @@ def reset_event(key, history):
               "last_event_id": format_id(key) if key else None,
               "history_from": format_id(oldest) if oldest else None}
     # No id: if the client drops now, it comes back with its old id and gets this again.
-    return format_event(json.dumps(notice), event="reset")
+    return format_event(json=notice, event="reset")
 
 
 class Subscription:

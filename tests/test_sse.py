@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from sse import HEARTBEAT, format_comment, format_event, parse_last_event_id
@@ -62,6 +64,21 @@ def test_retry_must_be_a_non_negative_integer(bad):
 def test_comment_lines_each_start_with_a_colon_and_no_blank_line_follows():
     assert format_comment("a\nb") == b": a\n: b\n"
     assert HEARTBEAT == b": heartbeat\n"
+
+
+@pytest.mark.parametrize("value", [
+    {"count": 1, "time": "2026-12-01T22:00:00.123Z"}, [1, 2.5, -0.0, 1e300, 10**40, None, True],
+    "é ✓ 😀", "line\r\nbreaks\n", "\u2028\u2029\x00\x1f\"\\", {"nested": {"a": [{}, []]}}, 0,
+])
+def test_json_data_is_exactly_what_json_dumps_writes_on_one_line(value):
+    expected = json.dumps(value, ensure_ascii=False)
+    assert format_event(json=value) == f"data: {expected}\n\n".encode()
+
+
+@pytest.mark.parametrize("value", [float("nan"), [float("inf")], {"x": -float("inf")}])
+def test_json_data_refuses_what_no_browser_can_parse(value):
+    with pytest.raises(ValueError):
+        format_event(json=value)
 
 
 def test_no_data_gives_no_data_line_and_an_empty_string_gives_one():
