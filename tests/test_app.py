@@ -3,7 +3,10 @@
 import json
 import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from conftest import FAST
@@ -222,3 +225,27 @@ def test_utc_now_is_iso_8601_utc_with_milliseconds():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
     parsed = datetime.fromisoformat(stamp)
     assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= parsed <= after
+
+
+def test_the_core_runs_without_the_optional_packages():
+    # redis, httpx and httpx-sse are imported only where they are used: with
+    # REDIS_URL and with OPENAI_API_KEY. Here importing any of them fails.
+    code = """if True:
+        import sys
+        for name in ("redis", "httpx", "httpx_sse"):
+            sys.modules[name] = None
+        import app
+        client = app.app.test_client()
+        assert client.get("/stream?limit=1").status_code == 200
+        chat = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        assert b"[DONE]" in chat.data
+        assert client.post("/broadcast", json={"data": 1}).status_code == 202
+        print("ok")
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SSE_", "OPENAI_")) and k != "REDIS_URL"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**env, "SSE_CHAT_TOKEN_DELAY": "0"}, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
