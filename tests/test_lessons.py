@@ -10,6 +10,7 @@ import ast
 import difflib
 import itertools
 import json
+import re
 import sys
 import time
 import urllib.parse
@@ -19,6 +20,7 @@ import httpx
 import openai
 import pytest
 from httpx_sse import connect_sse
+from playwright.sync_api import expect
 from servers import ROOT, Server, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -27,6 +29,16 @@ LESSONS = ROOT / "lessons"
 LESSON_FILES = sorted(LESSONS.glob("[0-9][0-9]_*.py"))
 # Seconds between heartbeats in these tests, instead of the lessons' 15.
 HEARTBEAT = 0.2
+# Milliseconds a browser test waits for text to show: slack for a shared 2-core
+# machine; every wait ends as soon as the text is there.
+TIMEOUT = 10_000
+# Keeps every EventSource the page makes, so a test can ask whether one was closed.
+RECORD_SOURCES = """
+window.sources = [];
+window.EventSource = class extends EventSource {
+  constructor(...args) { super(...args); window.sources.push(this); }
+};
+"""
 
 
 class Lesson(Server):
@@ -282,6 +294,54 @@ def test_07_a_request_without_a_prompt_is_refused(lesson):
                            headers={"Content-Type": "application/json"})
         assert reply.status_code == 400, body
         assert "message" in reply.json()["error"], body
+
+
+# --- The pages, in Debian's chromium --------------------------------------------------------
+
+@pytest.fixture
+def page_errors(page):
+    """Errors the page threw; a test asserts there were none."""
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
+@pytest.mark.browser
+def test_01_the_page_shows_each_message(lesson, page, page_errors):
+    server = lesson("01_counter")
+    page.goto(server.url + "/")
+    expect(page.locator("#counter")).to_have_text(re.compile(r"^1\n2\n"), timeout=TIMEOUT)
+    assert page_errors == []
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("name", ["05_end", "07_chat"])
+def test_05_the_page_closes_the_stream_on_end(lesson, page, page_errors, name):
+    server = lesson(name)
+    page.add_init_script(RECORD_SOURCES)
+    page.goto(server.url + "/?limit=1")
+    expect(page.locator("#counter")).to_have_text("tick 1 (id 1)\nend\n",
+                                                  timeout=TIMEOUT)
+    # CLOSED (2) at once; an EventSource left alone would be CONNECTING (0) again,
+    # to get "end" again retry ms later, for ever.
+    assert page.evaluate("() => window.sources[0].readyState") == 2
+    assert page_errors == []
+
+
+@pytest.mark.browser
+def test_07_the_page_shows_broadcasts_and_streams_the_answer(lesson, page, page_errors):
+    server = lesson("07_chat")
+    page.goto(server.url + "/")
+    # Publish until the page's EventSource has subscribed: the first POST that says
+    # so is the only one it gets.
+    wait_until(lambda: httpx.post(server.url + "/broadcast", content="<b>hello</b>",
+                                  timeout=5).json() == {"subscribers": 1},
+               what="the page to subscribe to /broadcast")
+    expect(page.locator("#messages")).to_have_text("<b>hello</b>\n", timeout=TIMEOUT)
+    page.locator("input[name=prompt]").fill("what now?")
+    page.get_by_role("button", name="Ask").click()
+    expect(page.locator("#answer")).to_have_text("You said: what now?", timeout=TIMEOUT)
+    assert page_errors == []
 
 
 # --- The files themselves ---------------------------------------------------------------------
