@@ -96,7 +96,8 @@ def stream():
                 yield format_event(str(count), event="tick", id=count)
                 count += 1
                 yield from sleep_with_heartbeats(interval)
-            # Say "end", with a data line: an event without one is never dispatched.
+            # Tell the page it is over, or EventSource reconnects; with a data line,
+            # as an event without one is never dispatched.
             yield format_event("limit reached", event="end")
         finally:  # however the stream stops, a client leaving included
             app.logger.info("stream closed after event %d", count - 1)

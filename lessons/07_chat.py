@@ -27,7 +27,10 @@ import time
 from flask import Flask, Response, request
 
 app = Flask(__name__)
-app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # a message, not an upload: larger ones get 413
+MAX_MESSAGE = 64 * 1024  # bytes: a message, not an upload
+# One byte more: Werkzeug cuts a chunked body (no Content-Length) off at this size
+# without an error, so a body that reaches it was too long. Over a Content-Length: 413.
+app.config["MAX_CONTENT_LENGTH"] = MAX_MESSAGE + 1
 logging.basicConfig(level=logging.INFO)  # so that app.logger.info() shows in gunicorn's output
 
 # text/event-stream: EventSource accepts no other type. no-cache: nobody may store
@@ -92,7 +95,8 @@ def stream():
                 yield format_event(str(count), event="tick", id=count)
                 count += 1
                 yield from sleep_with_heartbeats(interval)
-            # Say "end", with a data line: an event without one is never dispatched.
+            # Tell the page it is over, or EventSource reconnects; with a data line,
+            # as an event without one is never dispatched.
             yield format_event("limit reached", event="end")
         finally:  # however the stream stops, a client leaving included
             app.logger.info("stream closed after event %d", count - 1)
@@ -123,7 +127,10 @@ def broadcast():
 
 @app.post("/broadcast")
 def publish():
-    message = request.get_data(as_text=True)
+    body = request.get_data()
+    if len(body) > MAX_MESSAGE:
+        return f"a message may be at most {MAX_MESSAGE} bytes\n", 413
+    message = body.decode(errors="replace")
     for inbox in list(subscribers):
         with contextlib.suppress(queue.Full):  # a client 100 messages behind misses this one
             inbox.put_nowait(message)
@@ -175,6 +182,7 @@ PAGE = r"""<!doctype html>
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ stream: true, messages }),
     });
+    if (!response.ok) return show("answer", await response.text());  // e.g. a 400
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";

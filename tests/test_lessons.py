@@ -258,6 +258,23 @@ def test_06_a_client_that_leaves_is_unsubscribed(lesson):
         assert next(events).data == "still here?"
 
 
+def test_06_a_message_over_the_limit_is_refused_with_or_without_a_content_length(lesson):
+    server = lesson("06_broadcast")
+    url, limit = server.url + "/broadcast", 64 * 1024
+
+    def chunked(size):  # httpx sends an iterator chunked, without a Content-Length
+        yield b"a" * size
+
+    with httpx.Client(timeout=5) as client, connect_sse(client, "GET", url) as source:
+        events = source.iter_sse()
+        assert next(events).retry == 2000
+        assert client.post(url, content=b"a" * (limit + 1)).status_code == 413
+        # Werkzeug would have cut this one off at the limit and passed it on.
+        assert client.post(url, content=chunked(limit + 1)).status_code == 413
+        assert client.post(url, content=chunked(limit)).status_code == 200
+        assert next(events).data == "a" * limit  # the first message through is the one that fit
+
+
 # --- 7: a ChatGPT-style POST ------------------------------------------------------------------
 
 def chat_request(prompt):
