@@ -68,7 +68,7 @@ def stream():
         next_ping = next_tick + ping_every if ping_every else math.inf
         while limit is None or count <= limit:
             now = stream.sleep_until(min(next_tick, next_ping, last_write + config["HEARTBEAT"]))
-            if stream.ended:  # the worker is stopping, or the client has gone
+            if stream.ended:  # the worker stops, the client left, or the lifetime is up
                 return  # no end event: EventSource reconnects and resumes
             chunk = b""
             if now >= next_ping:
