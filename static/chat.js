@@ -1,65 +1,185 @@
-// The chat panel, as ChatGPT does it: POST the prompt with fetch, read the
-// answer from the response body as it streams, add each token as it comes.
-// Not EventSource: it can only GET, with no body and no headers of our own.
-import { readChatEvent, SSEParser } from "./sse-parser.js";
+// The chat panel, as ChatGPT does it: each question is a POST carrying the
+// whole conversation in `messages`, and the answer is read from the response
+// body with fetch as it streams. Not EventSource: it can only GET, with no
+// body and no headers of our own.
+//
+// The server generates the answer whatever happens to the connection, and
+// numbers its chunks with SSE ids. When the body ends before [DONE] (a
+// dropped network, a deploy, a reload) the page re-attaches with
+// GET .../<id>/stream and Last-Event-ID, and gets exactly the chunks after
+// the last one it showed. Stop asks the server to cancel the answer.
+import {
+  applyEvent, clear, history, inFlight, load, LOST, newAnswer, reattachDelay, reattachVerdict, save,
+} from "./conversation.js";
+import { SSEParser } from "./sse-parser.js";
 
-const form = document.getElementById("chat-form");
-const prompt = document.getElementById("prompt");
-const send = document.getElementById("send");
-const stop = document.getElementById("stop");
-const answer = document.getElementById("answer");
-const errorBox = document.getElementById("chat-error");
+const $ = (selector) => document.querySelector(selector);
+const form = $("#chat-form");
+const promptBox = $("#prompt");
+const list = $("#conversation");
+const url = form.dataset.url; // POST here; an answer's own URLs are below it, by its id
 
-let controller = null; // the AbortController of the answer streaming now
+let turns = load(sessionStorage);
+let reading = null; // the AbortController of the answer being read: its fetch, or its wait
 
-form.addEventListener("submit", async (event) => {
+form.addEventListener("submit", (event) => {
   event.preventDefault();
-  const current = (controller = new AbortController());
-  answer.textContent = "";
-  showError("");
-  setState("streaming");
-  try {
-    const response = await fetch(form.dataset.url, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-      body: JSON.stringify({ messages: [{ role: "user", content: prompt.value }], stream: true }),
-      signal: current.signal,
-    });
-    if (!response.ok) throw new Error(await errorMessage(response));
-    await readAnswer(response.body);
-    setState("done");
-  } catch (error) {
-    if (error.name === "AbortError") {
-      setState("stopped"); // Stop was pressed: what arrived so far stays
-    } else {
-      showError(error.message);
-      setState("error");
-    }
-  } finally {
-    // A no-op after a clean end; after an error it closes a body we stopped reading.
-    current.abort();
-    controller = null;
+  ask(promptBox.value);
+});
+promptBox.addEventListener("keydown", (event) => {
+  // Enter sends, as in ChatGPT; Shift+Enter starts a new line.
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
   }
 });
+$("#stop").addEventListener("click", stop);
+$("#new-chat").addEventListener("click", () => {
+  stop();
+  turns = [];
+  clear(sessionStorage);
+  draw("idle");
+  promptBox.focus();
+});
 
-// Aborting closes the connection; the server's next write fails and its generator ends.
-stop.addEventListener("click", () => controller?.abort());
+draw(turns.findLast((turn) => turn.role === "assistant")?.state ?? "idle");
+if (inFlight(turns.at(-1))) follow(turns.at(-1), begin()); // a reload mid-answer: re-attach
 
-async function readAnswer(body) {
+async function ask(content) {
+  if (!content.trim() || reading) return;
+  const messages = [...history(turns), { role: "user", content }];
+  const answer = newAnswer();
+  turns.push({ role: "user", content }, answer);
+  const controller = begin();
+  draw("streaming");
+  let response;
+  try {
+    response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify({ messages, stream: true }),
+      signal: controller.signal,
+    });
+  } catch {
+    if (controller.signal.aborted) return finish(answer, controller, { state: "stopped" });
+    return refused(answer, controller, "the server could not be reached");
+  }
+  if (!response.ok) return refused(answer, controller, await errorMessage(response));
+  promptBox.value = "";
+  await follow(answer, controller, response);
+}
+
+// Read the answer until [DONE], an error or Stop; re-attach each time the body ends before that.
+async function follow(answer, controller, response = null) {
+  const { signal } = controller;
+  let failures = 0; // attempts in a row that brought no chunk: how long to wait
+  for (;;) {
+    let end = null;
+    try {
+      if (!response) {
+        answer.reconnects += 1;
+        show(answer, "reconnecting");
+        response = await fetch(`${url}/${encodeURIComponent(answer.id)}/stream`, {
+          headers: { Accept: "text/event-stream", "Last-Event-ID": String(answer.last) },
+          signal,
+        });
+      }
+      const verdict = reattachVerdict(response.status);
+      if (verdict === "read") {
+        const before = answer.last;
+        show(answer, "streaming");
+        end = await read(response.body, answer);
+        if (answer.last > before) failures = 0;
+      } else if (verdict === "lost") {
+        end = { state: "error", message: LOST };
+      } else if (verdict === "error") {
+        end = { state: "error", message: await errorMessage(response) };
+      }
+    } catch {
+      if (signal.aborted) return finish(answer, controller, { state: "stopped" });
+      // Otherwise the network failed (the connection dropped, or never opened): try again.
+    }
+    if (end) return finish(answer, controller, end);
+    if (!answer.id) { // no chunk came, so there is no id to re-attach with
+      return finish(answer, controller, { state: "error", message: "the connection closed " +
+        "before the answer began" });
+    }
+    response = null;
+    show(answer, "reconnecting");
+    try {
+      await sleep(reattachDelay(failures++), signal);
+    } catch {
+      return finish(answer, controller, { state: "stopped" });
+    }
+  }
+}
+
+// Parse the body and apply each event; the end, or null if the body stops first.
+async function read(body, answer) {
   const reader = body.getReader();
-  let finished = false;
+  let end = null;
   const parser = new SSEParser((event) => {
-    const said = readChatEvent(event.data);
-    if (said.error) throw new Error(said.error);
-    if (said.done) finished = true;
-    else answer.textContent += said.content; // text only: never parsed as HTML
+    if (!end) end = applyEvent(answer, event);
   });
-  while (!finished) {
+  while (!end) {
     const { value, done } = await reader.read();
     if (done) break;
     parser.feed(value);
+    save(sessionStorage, turns); // the text with its last id: a reload goes on from exactly here
+    show(answer, answer.state);
   }
-  if (!finished) throw new Error("the connection closed before the answer was complete");
+  return end;
+}
+
+// Stop: the server stops generating (and every reader gets its end), and this
+// page stops reading at once, keeping what arrived.
+function stop() {
+  const answer = turns.at(-1);
+  // Before the first chunk there is no id to cancel: the server then drops the
+  // answer once nobody has read it for SSE_CHAT_ABANDON_SECONDS. A cancel that
+  // fails is left to that, too.
+  if (reading && inFlight(answer) && answer.id) {
+    fetch(`${url}/${encodeURIComponent(answer.id)}/cancel`, { method: "POST" }).catch(() => {});
+  }
+  reading?.abort();
+  reading = null;
+}
+
+function begin() {
+  reading = new AbortController();
+  return reading;
+}
+
+function finish(answer, controller, { state, message = null }) {
+  release(controller);
+  if (!turns.includes(answer)) return; // New chat was pressed meanwhile
+  answer.state = state;
+  answer.error = message;
+  save(sessionStorage, turns);
+  draw(state);
+}
+
+// Nothing was generated: the question leaves the conversation and stays in the box.
+function refused(answer, controller, message) {
+  release(controller);
+  turns.splice(turns.indexOf(answer) - 1, 2);
+  save(sessionStorage, turns);
+  draw("error", message);
+}
+
+function release(controller) {
+  controller.abort(); // a no-op after a clean end; otherwise it closes a body we stopped reading
+  if (reading === controller) reading = null;
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    }, { once: true });
+  });
 }
 
 async function errorMessage(response) {
@@ -70,14 +190,53 @@ async function errorMessage(response) {
   }
 }
 
-function showError(message) {
-  errorBox.textContent = message;
+// --- Drawing: every text goes in with textContent, so markup in it is shown, never parsed ---
+
+function draw(state, message = turns.at(-1)?.error) {
+  list.replaceChildren(...turns.map(turnItem));
+  const busy = inFlight(turns.at(-1));
+  list.dataset.state = state;
+  list.setAttribute("aria-busy", String(busy));
+  $("#chat-state").textContent = state;
+  $("#send").disabled = busy;
+  $("#stop").disabled = !busy;
+  const errorBox = $("#chat-error");
+  errorBox.textContent = message ?? "";
   errorBox.hidden = !message;
 }
 
-function setState(state) {
-  answer.dataset.state = state; // idle, streaming, done, stopped or error
-  answer.setAttribute("aria-busy", String(state === "streaming"));
-  send.disabled = state === "streaming";
-  stop.disabled = state !== "streaming";
+function turnItem(turn) {
+  const item = document.createElement("li");
+  item.className = "turn";
+  item.dataset.role = turn.role;
+  const who = document.createElement("p");
+  who.className = "who";
+  const text = document.createElement("div");
+  text.className = "text";
+  item.append(who, text);
+  fill(item, turn);
+  return item;
+}
+
+// Show a new state (and the text so far) of the answer, the last turn.
+function show(answer, state) {
+  if (turns.at(-1) !== answer) return; // New chat was pressed meanwhile
+  answer.state = state;
+  fill(list.lastElementChild, answer);
+  list.dataset.state = state;
+  $("#chat-state").textContent = state;
+}
+
+function fill(item, turn) {
+  item.querySelector(".text").textContent = turn.content;
+  if (turn.role === "user") {
+    item.querySelector(".who").textContent = "You";
+    return;
+  }
+  item.dataset.state = turn.state;
+  item.dataset.reconnects = turn.reconnects;
+  item.dataset.id = turn.id ?? "";
+  const state = turn.state === "done" ? "" : ` · ${turn.state}`;
+  const reconnects = turn.reconnects ? ` · re-attached ${turn.reconnects}×` : "";
+  item.querySelector(".who").textContent = `Assistant${state}${reconnects}`;
 }

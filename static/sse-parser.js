@@ -66,10 +66,17 @@ export class SSEParser {
 }
 
 // What one event of an OpenAI chat stream says: {done: true} at "[DONE]",
-// {error: message} for an error event, otherwise {content: the new text}.
+// {error: message} for an error event, otherwise {id, content, finishReason}:
+// the completion's id (the same on every chunk), the new text, and why the
+// answer stopped (on its last chunk: "stop", "length", "cancelled"), else null.
 export function readChatEvent(data) {
   if (data === "[DONE]") return { done: true };
   const chunk = JSON.parse(data);
   if (chunk.error) return { error: chunk.error.message ?? "the stream reported an error" };
-  return { content: chunk.choices?.[0]?.delta?.content ?? "" };
+  const choice = chunk.choices?.[0];
+  return {
+    id: chunk.id ?? null,
+    content: choice?.delta?.content ?? "",
+    finishReason: choice?.finish_reason ?? null,
+  };
 }

@@ -67,7 +67,7 @@ test("an error event is read as an error", () => {
   const error = { error: { message: "the upstream model sent nothing for 60 s", type: "server_error" } };
   const stream = chunk({ content: "Hi" }) + `data: ${JSON.stringify(error)}\n\n`;
   assert.deepEqual(chatReading(eventsHoweverSplit(stream)), [
-    { content: "Hi" },
+    { id: null, content: "Hi", finishReason: null },
     { error: "the upstream model sent nothing for 60 s" },
   ]);
 });
@@ -133,9 +133,29 @@ test("a character cut off by the end of the stream does not leak into an event",
 });
 
 test("readChatEvent: content, a delta without content, done", () => {
-  assert.deepEqual(readChatEvent('{"choices":[{"delta":{"content":"a"}}]}'), { content: "a" });
+  assert.deepEqual(readChatEvent('{"choices":[{"delta":{"content":"a"}}]}'), {
+    id: null,
+    content: "a",
+    finishReason: null,
+  });
   assert.deepEqual(readChatEvent('{"choices":[{"delta":{},"finish_reason":"stop"}]}'), {
+    id: null,
     content: "",
+    finishReason: "stop",
   });
   assert.deepEqual(readChatEvent("[DONE]"), { done: true });
+});
+
+test("readChatEvent: the completion id and why it stopped, as the app sends them", () => {
+  const last = '{"id":"chatcmpl-1","object":"chat.completion.chunk","choices":' +
+    '[{"index":0,"delta":{},"logprobs":null,"finish_reason":"cancelled"}]}';
+  assert.deepEqual(readChatEvent(last), { id: "chatcmpl-1", content: "", finishReason: "cancelled" });
+});
+
+test("every chunk of an answer is dispatched with its own id; [DONE] keeps the last one", () => {
+  // app.py numbers each chunk (id: 1, 2, ...) and sends [DONE] without an id:
+  // the number a re-attach sends back as Last-Event-ID is the last chunk's.
+  const stream = "id: 1\ndata: a\n\n: heartbeat\nid: 2\ndata: b\n\ndata: [DONE]\n\n";
+  assert.deepEqual(eventsHoweverSplit(stream), [message("a", "1"), message("b", "2"),
+    message("[DONE]", "2")]);
 });
