@@ -40,9 +40,10 @@ TOPICS = [
      "A proxy that buffers holds the whole answer back until it ends. Nginx passes each event "
      "on at once when the app sends “X-Accel-Buffering: no”, which this app does."),
     (("stop", "abort", "cancel"),
-     "The Stop button calls abort() on an AbortController: the browser closes the connection, "
-     "the server's next write fails, and the generator's finally block runs. With a real model "
-     "that closes the upstream request too, so no tokens are spent for nobody."),
+     "The Stop button asks the server to cancel the answer, then aborts its own request with "
+     "an AbortController. A dropped connection alone stops nothing: the answer goes on, so "
+     "the page can re-attach. A cancel stops it, and with a real model closes the upstream "
+     "request too, so no tokens are spent for nobody."),
 ]
 ABOUT_SSE = (
     "Server-Sent Events are one HTTP request and a very long response. The server answers with "

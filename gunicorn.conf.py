@@ -123,8 +123,12 @@ def worker_exit(server, worker):
     Their readers ended when the worker was told to stop and re-attached to
     another worker, which reads the chunks from Redis as this one writes them.
     Without Redis nobody else could read them, so there is nothing to wait for.
+    On a reload (HUP) the master lets this run for CHAT_DRAIN_SECONDS; on a
+    full stop (TERM) it kills the worker after graceful_timeout, cutting them.
     """
     app = getattr(worker, "wsgi", None)
-    answers = app.extensions.get("answers") if app is not None else None
-    if answers is not None and answers.shared:
+    if app is None or not app.extensions["streams"].stopping:
+        return  # a quick stop (SIGINT, SIGQUIT), or it never started: no waiting
+    answers = app.extensions["answers"]
+    if answers.shared:
         answers.drain(app.config["CHAT_DRAIN_SECONDS"])
