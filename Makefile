@@ -10,7 +10,7 @@ PEER := bench/peers/express
 # Debian keeps nginx in /usr/sbin, which is not on a normal user's PATH.
 NGINX ?= $(or $(shell command -v nginx),/usr/sbin/nginx)
 
-.PHONY: run test lint bench bench-smoke nginx
+.PHONY: run test lint bench bench-smoke nginx screenshot
 
 run: $(VENV)/.runtime
 	$(BIN)/gunicorn app:app
@@ -23,6 +23,10 @@ test: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+
+# docs/page.png, the README's picture, taken by a browser test against real gunicorn.
+screenshot: $(VENV)/.dev
+	UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/test_browser.py -k screenshot
 
 # http://127.0.0.1:8080 and https://127.0.0.1:8443 (HTTP/2); Ctrl-C stops it.
 nginx: .nginx/localhost.crt
