@@ -25,7 +25,7 @@ _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def stream_view():
-    """The /stream view in app.py, from its decorator to its first ``return event_stream(events)``."""
+    """The /stream view in app.py: its decorator to its first ``return event_stream(events)``."""
     lines = (ROOT / "app.py").read_text().splitlines(keepends=True)
     start = lines.index('@bp.get("/stream")\n')
     end = lines.index("    return event_stream(events)\n", start)
