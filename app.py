@@ -73,13 +73,15 @@ def stream():
             chunk = b""
             if now >= next_ping:
                 chunk += format_event(json={"time": utc_now()}, event="ping")
-                next_ping = max(next_ping + ping_every, now)
+                while next_ping <= now:
+                    next_ping += ping_every
             if now >= next_tick:
                 # The id goes on the counter only: the browser sends it back on reconnect.
                 chunk += format_event(json={"count": count, "time": utc_now()}, id=count)
                 chunk += format_event(json={"value": random.randrange(100)}, event="random")
                 count += 1
-                next_tick = max(next_tick + interval, now)  # a late tick is skipped, not bunched
+                while next_tick <= now:  # ticks missed while the worker was busy are skipped
+                    next_tick += interval
             # One write per wake-up. With nothing due, a comment: proxies see
             # traffic, and writing to a vanished client fails, which ends the stream.
             yield chunk or HEARTBEAT

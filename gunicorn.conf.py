@@ -100,6 +100,10 @@ def post_worker_init(worker):
     # turns that off so that a stop does not break a write in progress.
     signal.siginterrupt(signal.SIGTERM, False)
     logging.getLogger("gunicorn.error").addFilter(one_line_for_stalled_clients)
+    # The app's own lines (a dropped subscriber, a lowered stream cap) go to the
+    # error log too, in gunicorn's format; gunicorn configures only its own loggers.
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] "
+                        "%(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S %z")
 
 
 def one_line_for_stalled_clients(record):

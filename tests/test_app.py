@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,6 +111,21 @@ def test_bad_query_parameters_get_400_naming_the_parameter(client, app, query, p
     assert response.json["error"]["param"] == param
     assert param in response.json["error"]["message"]
     assert app.extensions["streams"].count == 0
+
+
+def test_ticks_missed_while_a_stream_was_held_up_are_skipped_not_bunched(client):
+    response = client.get("/stream?interval=0.05&ping=0")
+    chunks = response.iter_encoded()
+    assert next(chunks).startswith(b"retry:")
+    assert next(chunks).startswith(b"id: 1\n")
+    time.sleep(0.3)  # the stimulus, not a wait: six ticks fall due while nobody reads
+    late = next(chunks)
+    late_at = time.monotonic()
+    following = next(chunks)
+    gap = time.monotonic() - late_at
+    response.close()
+    assert late.startswith(b"id: 2\n") and following.startswith(b"id: 3\n")  # no gap in ids
+    assert gap > 0.04, f"tick 3 came {gap:.3f} s after tick 2, bunched"  # 0.05 s, less jitter
 
 
 def test_idle_stream_sends_heartbeat_comments(client):

@@ -34,6 +34,7 @@ def test_overrides_win_over_the_environment(monkeypatch):
     [
         ({"SSE_HEARTBEAT": "0"}, "SSE_HEARTBEAT must be a number >= 0.01"),
         ({"SSE_HEARTBEAT": '"soon"'}, "SSE_HEARTBEAT must be a number"),
+        ({"SSE_RETRY_MS": "1500.5"}, "SSE_RETRY_MS must be a whole number >= 0"),
         ({"SSE_MAX_STREAMS": "-1"}, "SSE_MAX_STREAMS must be a number >= 0"),
         ({"SSE_WRITE_TIMEOUT": "0"}, "SSE_WRITE_TIMEOUT must be a number"),
         ({"SSE_BODY_TIMEOUT": "true"}, "SSE_BODY_TIMEOUT must be a number"),
