@@ -128,11 +128,11 @@ class Subscription:
         if entries:
             self.after = entries[-1][0]
 
-    def offer(self, key, text):
-        """Queue a live message without waiting; False when the queue is full."""
+    def offer(self, message):
+        """Queue a live (key, text) message without waiting; False when the queue is full."""
         if len(self._queue) >= self._queue_size:
             return False
-        self._queue.append((key, text))
+        self._queue.append(message)
         self._wake()
         return True
 
@@ -190,8 +190,9 @@ class Subscribers:
 
     def send(self, key, text):
         """Queue one formatted message for everyone; drop whoever has no room left."""
+        message = (key, text)  # one tuple for all: ten thousand would keep the GC busy
         with self._lock:
-            too_slow = [s for s in self._open if not s.offer(key, text)]
+            too_slow = [s for s in self._open if not s.offer(message)]
             for subscription in too_slow:
                 self._open.discard(subscription)
                 subscription.drop()

@@ -21,6 +21,7 @@ import _socket
 import collections
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import math
@@ -41,6 +42,9 @@ RESERVED_FILES = 64
 # Wake-ups are rounded up to this grid (seconds), so streams due at nearly the
 # same moment share one timer and one turn of the event loop.
 GRAIN = 0.01
+# Seconds the event loop spends resuming woken streams before it looks at
+# sockets again: a fan-out to thousands does not keep new requests waiting.
+BUSY_TURN = 0.005
 # Kernel send buffer per stream (bytes; Linux doubles it). Bounds what a
 # client that stopped reading can hold, instead of the ~4 MiB autotuning allows.
 SEND_BUFFER = 64 * 1024
@@ -139,12 +143,15 @@ class Streams:
 class Stream:
     """One open stream: its sleep, its wake-up, and whether it has ended."""
 
-    __slots__ = ("_streams", "_clock", "ends_at", "kind", "gone", "waiter", "_sock", "_watcher")
+    __slots__ = ("_streams", "_clock", "ends_at", "kind", "gone", "waiter", "sleepers", "index",
+                 "wake_pending", "_sock", "_watcher")
 
     def __init__(self, streams, clock, ends_at, kind):
         self._streams, self._clock, self.ends_at, self.kind = streams, clock, ends_at, kind
         self.gone = False  # the client closed, or stopped reading for too long
         self.waiter = clock.new_waiter()  # what a sleeping stream waits on; the clock's own
+        self.sleepers = self.index = None  # the clock's: the list it sleeps in, and where
+        self.wake_pending = False  # the clock's: a wake-up is on its way
         self._sock = self._watcher = None
 
     @property
@@ -186,6 +193,7 @@ class Stream:
         except (OSError, AttributeError):  # AttributeError: no TCP_USER_TIMEOUT off Linux
             pass
         self._watcher = self._clock.watch_readable(sock.fileno(), self._readable)
+        self._clock.send_faster(sock)
 
     def _readable(self):
         """The socket has something to read: end of file (the client left), an error, or data."""
@@ -219,6 +227,14 @@ class Stream:
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        """The end of the body (see _Body): close, and yield nothing."""
+        self.close()
+        raise StopIteration
 
     def close(self):
         """Give the slot back. A stopping worker also stops reading, so keep-alive ends."""
@@ -257,53 +273,127 @@ class GeventClock:
 
     gevent's own sleep makes, starts and stops a libev timer for every call,
     and every wait with a timeout (a queue's get, an Event's wait) does the
-    same. Here a sleeping stream joins the set of its slot, and the slot's one
-    timer wakes them all; a stream woken earlier leaves its set.
+    same. Here a sleeping stream joins the list of its slot, and the slot's
+    one timer resumes them all. A stream woken sooner leaves its list at once
+    (the last one in it takes its place), so a list never holds the stale.
     """
 
     def __init__(self):
-        from gevent.hub import Waiter, get_hub
+        from gevent import get_hub, getcurrent
 
         self._hub = get_hub()
         self._loop = self._hub.loop
-        self._waiter_class = Waiter
-        self._slots = {}  # slot number -> set of waiters
+        self._current = getcurrent
+        self._slots = {}  # slot number -> the streams sleeping until then
+        self._waking = collections.deque()  # woken by wake(), not resumed yet
+        self._wake_scheduled = False
 
     def new_waiter(self):
-        return None  # a Waiter per sleep, made in wait()
+        return None  # while it sleeps, a stream's waiter is its greenlet
 
     def wait(self, stream, deadline):
         slot = math.ceil(deadline / GRAIN)
-        waiters = self._slots.get(slot)
-        if waiters is None:
-            waiters = self._slots[slot] = set()
+        sleepers = self._slots.get(slot)
+        if sleepers is None:
+            sleepers = self._slots[slot] = []
             self._loop.update_now()  # the loop's clock is stale after a busy turn
             timer = self._loop.timer(max(0.0, slot * GRAIN - time.monotonic()))
             timer.start(self._ring, slot, timer)
-        waiter = stream.waiter = self._waiter_class(self._hub)
-        waiters.add(waiter)
+        stream.sleepers, stream.index = sleepers, len(sleepers)
+        sleepers.append(stream)
+        stream.waiter = self._current()
         try:
-            waiter.get()
+            self._hub.switch()  # back to the event loop, until _resume() switches back here
         finally:
             stream.waiter = None
-            if self._slots.get(slot) is waiters:
-                waiters.discard(waiter)
+            if stream.sleepers is not None:
+                self._leave(stream)
+
+    def _leave(self, stream):
+        last = stream.sleepers.pop()
+        if last is not stream:
+            stream.sleepers[stream.index] = last
+            last.index = stream.index
+        stream.sleepers = None
 
     def _ring(self, slot, timer):
         timer.close()
-        for waiter in self._slots.pop(slot, ()):
-            waiter.switch(None)
+        sleepers = self._slots.pop(slot, ())
+        for stream in sleepers:
+            stream.sleepers = None  # the list is done with: nobody leaves it now
+        for stream in sleepers:
+            self._resume(stream)
+
+    def _resume(self, stream):
+        """In the event loop: switch to the stream's greenlet if it sleeps (it may not, now)."""
+        stream.wake_pending = False
+        greenlet = stream.waiter
+        if greenlet is not None:
+            stream.waiter = None
+            greenlet.switch()
 
     def wake(self, stream):
-        waiter = stream.waiter
-        if waiter is not None:
-            stream.waiter = None  # one wake-up is enough, however many messages came
-            self._loop.run_callback(waiter.switch, None)
+        """Resume ``stream`` soon, in the event loop: once, however often it is woken till then.
+
+        Streams woken together (a broadcast wakes every subscriber) are resumed
+        by one callback, not one each: ten thousand callbacks per message would
+        cost their own CPU and keep the garbage collector busy.
+        """
+        if not stream.wake_pending:
+            stream.wake_pending = True
+            self._waking.append(stream)
+            if not self._wake_scheduled:
+                self._wake_scheduled = True
+                self._loop.run_callback(self._resume_woken)
+
+    def _resume_woken(self, timer=None):
+        if timer is not None:
+            timer.close()
+        started = time.perf_counter()
+        while self._waking:
+            self._resume(self._waking.popleft())
+            if self._waking and time.perf_counter() - started > BUSY_TURN:
+                # Let the loop look at new requests before the rest.
+                timer = self._loop.timer(0)
+                timer.start(self._resume_woken, timer)
+                return
+        self._wake_scheduled = False
 
     def watch_readable(self, fd, callback):
         watcher = self._loop.io(fd, 1)  # 1: EV_READ
         watcher.start(callback)
         return watcher
+
+    def send_faster(self, sock):
+        """Give a streaming socket a sendall that costs one send() when the data fits."""
+        if type(sock) is self._streaming_socket.__base__:
+            sock.__class__ = self._streaming_socket
+
+    @functools.cached_property
+    def _streaming_socket(self):
+        from gevent.socket import socket
+
+        class StreamingSocket(socket):
+            """gevent's socket, whose sendall() first tries one plain send().
+
+            gevent's own sendall asks the kernel for the send buffer's size
+            (a getsockopt call) and slices a memoryview twice before it sends,
+            on every call: for an event of a hundred bytes, that is most of the
+            cost. An event nearly always fits the buffer, so try it whole
+            first, and leave anything that did not fit to gevent.
+            """
+
+            __slots__ = ()
+
+            def sendall(self, data, flags=0):
+                try:
+                    sent = self._sock.send(data, flags)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(data):
+                    socket.sendall(self, memoryview(data)[sent:], flags)
+
+        return StreamingSocket
 
 
 class ThreadClock:
@@ -322,19 +412,23 @@ class ThreadClock:
     def watch_readable(self, fd, callback):
         return None
 
+    def send_faster(self, sock):
+        pass
+
 
 class _Body(itertools.chain):
     """A started generator as a WSGI body: its first chunk, the rest, then the stream's close.
 
     A subclass of chain, so each chunk reaches the server from C code with no
     Python frame in between (every paused frame costs each idle stream memory).
-    The stream closes when the events run out, or at close() if they never do.
+    The stream is the last of the three: iterated, it closes itself and yields
+    nothing, so it closes when the events run out, or at close() if they never do.
     """
 
     __slots__ = ("_events", "_stream")
 
     def __new__(cls, first, events, stream):
-        body = super().__new__(cls, (first,), events, _Closing(stream))
+        body = super().__new__(cls, (first,), events, stream)  # a Stream iterates as nothing
         body._events, body._stream = events, stream
         return body
 
@@ -344,22 +438,6 @@ class _Body(itertools.chain):
             self._events.close()  # runs the generator's finally blocks
         finally:
             self._stream.close()
-
-
-class _Closing:
-    """An empty iterable that closes a stream when iteration reaches it."""
-
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        self._stream.close()
-        raise StopIteration
 
 
 def event_stream(make_events, lifetime=True, kind="stream"):
