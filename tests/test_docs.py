@@ -14,10 +14,6 @@ README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
 
-# Written on other branches at the same time as these docs; linked already.
-# This set empties on merge: then every link must point to a file in this tree.
-PENDING = {"lessons/README.md", "bench/README.md", "docs/page.png"}
-
 # A fenced code block, indented or not (inside a list item): indent, language, code.
 _FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
 # [text](target) and ![alt](target); the target ends at whitespace or ")".
@@ -77,16 +73,10 @@ def test_every_relative_link_points_to_a_file_that_exists(page):
     for target, anchor in relative_links(page):
         name = target.relative_to(ROOT).as_posix() if target.is_relative_to(ROOT) else str(target)
         if not target.exists():
-            if name not in PENDING:
-                missing.append(name)
+            missing.append(name)
         elif anchor and target.suffix == ".md" and anchor not in anchors(target):
             missing.append(f"{name}#{anchor}")
     assert missing == []
-
-
-def test_the_pending_links_are_still_pending():
-    # Once one exists here, drop it from PENDING, so its link is checked like the rest.
-    assert [name for name in sorted(PENDING) if (ROOT / name).exists()] == []
 
 
 def test_the_readme_stays_a_front_page():
