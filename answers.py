@@ -78,7 +78,7 @@ class Answer:
 
     def append(self, text):
         self.chunks.append(text)
-        self.size += len(text)
+        self.size += len(text.encode())  # bytes on the wire, not characters
         self._wake_readers()
 
     def finish(self, end):
@@ -153,7 +153,7 @@ class MemoryAnswers:
                 if payload.get("object") == "chat.completion.chunk":
                     payload = {**payload, "id": answer.id}  # one id, whoever made the chunk
                 text = compact_json(payload)
-                if answer.size + len(text) > self.max_bytes:
+                if answer.size + len(text.encode()) > self.max_bytes:
                     self._append(answer, answer.final_chunk("length"))  # OpenAI's word for it
                     end = "done"
                     break
@@ -202,8 +202,12 @@ class MemoryAnswers:
                 answer.unattached_since = time.monotonic()
 
     def cancel(self, id):
-        """Stop generating answer ``id``; its readers get a last chunk and [DONE]."""
-        answer = self._answers.get(id)
+        """Stop generating answer ``id``; its readers get a last chunk and [DONE].
+
+        Returns "cancelled", "completed" (it had ended already), "lost" (its
+        worker died first) or None (unknown or expired).
+        """
+        answer = self._local(id)
         if answer is None:
             return None
         if answer.end is not None:
@@ -409,5 +413,7 @@ class RedisAnswers(MemoryAnswers):
             last = self._redis.xrevrange(self._key(id), count=1)
             if last and b"end" in last[0][1]:
                 return "completed"
+            if not self._redis.exists(self._key(id, ":alive")):
+                return "lost"  # nobody generates it any more: nothing to stop
             self._redis.set(self._key(id, ":cancel"), 1, ex=max(60, int(self.keep_for)))
         return "cancelled"

@@ -74,6 +74,16 @@ def on_starting(server):
                            server.cfg.workers)
 
 
+def post_fork(server, worker):
+    """Send the app's own log lines (a dropped subscriber, a lowered stream cap) to the error log.
+
+    gunicorn configures only its own loggers; this runs in the new worker before
+    it loads the app, so even what app.py logs on import comes out in this format.
+    """
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] "
+                        "%(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S %z")
+
+
 def post_worker_init(worker):
     """Make a graceful stop (reload or SIGTERM) end this worker's open streams at once.
 
@@ -101,10 +111,6 @@ def post_worker_init(worker):
     # turns that off so that a stop does not break a write in progress.
     signal.siginterrupt(signal.SIGTERM, False)
     logging.getLogger("gunicorn.error").addFilter(one_line_for_stalled_clients)
-    # The app's own lines (a dropped subscriber, a lowered stream cap) go to the
-    # error log too, in gunicorn's format; gunicorn configures only its own loggers.
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] "
-                        "%(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S %z")
     # Everything loaded so far lives as long as the worker: keep it out of the
     # garbage collector's full passes, which otherwise scan it again and again
     # (hundreds of milliseconds with thousands of streams open).

@@ -55,7 +55,8 @@ DEFAULTS = {
     "CHAT_KEEP_SECONDS": 300,
     # Answers a worker keeps (generating, or finished and kept); past it a new
     # streamed chat gets 503. With CHAT_MAX_ANSWER_BYTES it bounds their memory:
-    # 100 x 256 KiB = 25 MiB at most.
+    # about 100 x 340 KiB = 34 MiB at most (each chunk is a string of its own;
+    # an offline answer takes about 22 KiB, docs/chat.md).
     "CHAT_MAX_ANSWERS": 100,
     # Bytes of chunks one answer may hold; a longer one ends with
     # finish_reason "length", as OpenAI's does at its token limit.

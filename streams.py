@@ -36,8 +36,9 @@ from flask import Response, current_app, request
 log = logging.getLogger(__name__)
 
 # File descriptors kept for everything that is not a stream: the listening
-# socket, logs, Redis connections (11 per worker), upstream chat connections,
-# and the connections a full worker still accepts in order to answer 503.
+# socket, logs, Redis connections (up to 21 per worker: broadcast and chat),
+# upstream chat connections, and the connections a full worker still accepts
+# in order to answer 503.
 RESERVED_FILES = 64
 # Wake-ups are rounded up to this grid (seconds), so streams due at nearly the
 # same moment share one timer and one turn of the event loop.

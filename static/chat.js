@@ -9,7 +9,8 @@
 // GET .../<id>/stream and Last-Event-ID, and gets exactly the chunks after
 // the last one it showed. Stop asks the server to cancel the answer.
 import {
-  applyEvent, clear, history, inFlight, load, LOST, newAnswer, reattachDelay, reattachVerdict, save,
+  applyEvent, askAgainAfter, clear, history, inFlight, load, LOST, newAnswer, reattachDelay,
+  reattachVerdict, save,
 } from "./conversation.js";
 import { SSEParser } from "./sse-parser.js";
 
@@ -54,12 +55,17 @@ async function ask(content) {
   draw("streaming");
   let response;
   try {
-    response = await fetch(url, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-      body: JSON.stringify({ messages, stream: true }),
-      signal: controller.signal,
-    });
+    for (let attempt = 0; ; attempt++) {
+      response = await fetch(url, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        body: JSON.stringify({ messages, stream: true }),
+        signal: controller.signal,
+      });
+      const wait = askAgainAfter(response.status, response.headers.get("Retry-After"), attempt);
+      if (wait === null) break;
+      await sleep(wait, controller.signal); // a worker restarting: the next one will answer
+    }
   } catch {
     if (controller.signal.aborted) return finish(answer, controller, { state: "stopped" });
     return refused(answer, controller, "the server could not be reached");

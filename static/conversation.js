@@ -60,6 +60,15 @@ export function reattachVerdict(status) {
   return "error";
 }
 
+// How long to wait before asking again when a question got `status` back, or
+// null to give up. A 503 with a short Retry-After comes from a worker that is
+// restarting: nothing was generated, so asking again is safe (a few times).
+export function askAgainAfter(status, retryAfter, attempt) {
+  if (status !== 503 || attempt >= 3 || !/^[0-9]+$/.test(retryAfter ?? "")) return null;
+  const seconds = Number(retryAfter);
+  return seconds <= 2 ? seconds * 1000 : null;
+}
+
 // The wait before re-attach number `failures + 1` in a row: 250–500 ms at
 // first, doubling up to 2.5–5 s. The jitter spreads out the pages one deploy
 // cut off at the same moment.

@@ -97,7 +97,7 @@ def base_url():
 
 
 # Fixtures that start a real gunicorn, nginx, redis-server or chromium (or need one).
-SERVER_FIXTURES = {"gunicorn", "nginx", "redis_server", "redis_broker", "proxy", "page",
+SERVER_FIXTURES = {"gunicorn", "nginx", "redis_server", "redis_broker", "proxy", "lesson", "page",
                    "browser", "context"}
 
 

@@ -96,6 +96,16 @@ def test_re_attaching_without_an_id_reads_from_the_first_chunk_and_two_readers_a
     assert the_rest(rest)[0] == chunks[1:]  # the POST itself read on from chunk 1
 
 
+def test_cancelling_an_expired_answer_is_404_like_reading_it():
+    client = chat_app(CHAT_KEEP_SECONDS=0.2).test_client()
+    response = post(client)
+    id = read_chunks(response, 1)[0][1]["id"]
+    assert the_rest(response.get_data(as_text=True))[1]
+    assert client.post(f"{URL}/{id}/cancel").json["status"] == "completed"
+    wait_until(lambda: client.post(f"{URL}/{id}/cancel").status_code == 404, timeout=5,
+               what="the kept answer to expire")
+
+
 def test_an_unknown_or_expired_answer_is_404_in_json():
     client = chat_app(CHAT_KEEP_SECONDS=0.3).test_client()
     missing = client.get(f"{URL}/chatcmpl-nope/stream")
@@ -151,9 +161,13 @@ def test_answers_past_the_workers_cap_get_503():
 
 def test_an_answer_past_its_size_bound_ends_with_finish_reason_length():
     client = chat_app(CHAT_MAX_ANSWER_BYTES=2000).test_client()
-    chunks, done = the_rest(post(client).get_data(as_text=True))
+    # Quoted back in every answer: three bytes a character in UTF-8, one in len().
+    question = {"role": "user", "content": "“é” ✓ " * 3}
+    chunks, done = the_rest(post(client, [question]).get_data(as_text=True))
     assert done and chunks[-1][1]["choices"][0]["finish_reason"] == "length"
-    assert sum(len(json.dumps(c)) for _, c in chunks[:-1]) < 2000
+    sent = sum(len(json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode())
+               for _, c in chunks[:-1])
+    assert 1500 < sent <= 2000  # bytes, as on the wire
 
 
 def test_the_offline_model_answers_in_the_context_of_the_conversation():

@@ -23,8 +23,6 @@ from httpx_sse import connect_sse
 from playwright.sync_api import expect
 from servers import ROOT, Server, free_port, wait_until
 
-pytestmark = pytest.mark.integration
-
 LESSONS = ROOT / "lessons"
 LESSON_FILES = sorted(LESSONS.glob("[0-9][0-9]_*.py"))
 # Seconds between heartbeats in these tests, instead of the lessons' 15.

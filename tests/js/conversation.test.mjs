@@ -4,7 +4,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  applyEvent, clear, history, inFlight, load, LOST, newAnswer, reattachDelay, reattachVerdict, save,
+  applyEvent, askAgainAfter, clear, history, inFlight, load, LOST, newAnswer, reattachDelay,
+  reattachVerdict, save,
 } from "../../static/conversation.js";
 
 // A chunk event as SSEParser dispatches it: app.py numbers every chunk with its SSE id.
@@ -172,4 +173,15 @@ test("a storage that refuses (full, or turned off) does not break the page", () 
   save(refusing, [{ role: "user", content: "x" }]);
   clear(refusing);
   assert.deepEqual(load(refusing), []);
+});
+
+test("askAgainAfter: a restarting worker's 503 is asked again, a few times; nothing else is", () => {
+  assert.equal(askAgainAfter(503, "1", 0), 1000);
+  assert.equal(askAgainAfter(503, "0", 2), 0);
+  assert.equal(askAgainAfter(503, "1", 3), null); // three tries, then the error shows
+  assert.equal(askAgainAfter(503, "5", 0), null); // a full worker: retry later, by hand
+  assert.equal(askAgainAfter(503, null, 0), null);
+  assert.equal(askAgainAfter(503, "soon", 0), null);
+  assert.equal(askAgainAfter(200, "1", 0), null);
+  assert.equal(askAgainAfter(400, "1", 0), null);
 });
