@@ -99,14 +99,19 @@ class Subscription:
 
     ``wake()`` is called whenever a message arrives (the stream sleeping on it
     wakes up); use it as a context manager to unsubscribe on the way out.
+    Thousands are open at once, so they are small: no __dict__, a list for
+    the queue (it holds one message nearly always), a backlog only to replay.
     """
+
+    __slots__ = ("_subscribers", "_queue_size", "_wake", "_queue", "_backlog", "after",
+                 "dropped")
 
     def __init__(self, subscribers, queue_size, wake=None):
         self._subscribers = subscribers
         self._queue_size = queue_size
         self._wake = wake or (lambda: None)
-        self._queue = collections.deque()  # (key, text) of live messages
-        self._backlog = collections.deque()  # texts sent before any live message
+        self._queue = []  # (key, text) of live messages, oldest first
+        self._backlog = None  # while replaying: a deque of texts sent before any live message
         self.after = (0, 0)  # live messages up to this id were already replayed
         self.dropped = False  # a whole queue behind: its stream should end
 
@@ -123,7 +128,7 @@ class Subscription:
 
     def replay(self, entries, reset=None):
         """Send ``reset``, then these (key, text) entries, first; skip them if they come live."""
-        self._backlog.extend([reset] if reset else [])
+        self._backlog = collections.deque([reset] if reset else [])
         self._backlog.extend(text for _, text in entries)
         if entries:
             self.after = entries[-1][0]
@@ -139,8 +144,7 @@ class Subscription:
     def drop(self):
         """Free what is queued and mark the stream for ending (it reconnects and replays)."""
         self.dropped = True
-        self._queue.clear()
-        self._backlog.clear()
+        self._queue, self._backlog = [], None
         self._wake()
 
     def take(self, max_bytes=CHUNK_BYTES):
@@ -154,7 +158,7 @@ class Subscription:
             if self._backlog:
                 text = self._backlog.popleft()
             elif self._queue:
-                key, text = self._queue.popleft()
+                key, text = self._queue.pop(0)
                 if key <= self.after:  # came live after the replay had it
                     continue
                 self.after = key

@@ -36,12 +36,25 @@ def make_broker(request):
         yield lambda history=1000, queue_size=100: build("test:broadcast", history, queue_size)
 
 
+class Watched:
+    """A subscription, and the Event its wake-ups set (as a sleeping stream would be woken)."""
+
+    def __init__(self, broker, last_event_id):
+        self.woken = threading.Event()
+        self.subscription = broker.subscribe(last_event_id, wake=self.woken.set)
+
+    def __getattr__(self, name):
+        return getattr(self.subscription, name)
+
+    def __enter__(self):
+        return self.subscription.__enter__()
+
+    def __exit__(self, *exc_info):
+        return self.subscription.__exit__(*exc_info)
+
+
 def subscribe(broker, last_event_id=None):
-    """A subscription whose wake-ups set an Event, as a sleeping stream would be woken."""
-    woken = threading.Event()
-    subscription = broker.subscribe(last_event_id, wake=woken.set)
-    subscription.woken = woken
-    return subscription
+    return Watched(broker, last_event_id)
 
 
 def take(subscription, count, timeout=5.0):
@@ -176,7 +189,7 @@ def test_unsubscribe_stops_delivery_and_the_count(make_broker):
     broker = make_broker()
     subscription = subscribe(broker)
     assert broker.subscribers == 1
-    broker.unsubscribe(subscription)
+    broker.unsubscribe(subscription.subscription)
     assert broker.subscribers == 0
     broker.publish("1")  # nobody to deliver to; must not fail
 
