@@ -9,6 +9,8 @@ import os
 import resource
 import signal
 
+from gunicorn.http import wsgi
+
 # Loopback by default: put Nginx (nginx.conf) in front before exposing it.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 
@@ -111,10 +113,34 @@ def post_worker_init(worker):
     # turns that off so that a stop does not break a write in progress.
     signal.siginterrupt(signal.SIGTERM, False)
     logging.getLogger("gunicorn.error").addFilter(one_line_for_stalled_clients)
+    wsgi.Response = chunk_writing_response(wsgi.Response)
     # Everything loaded so far lives as long as the worker: keep it out of the
     # garbage collector's full passes, which otherwise scan it again and again
     # (hundreds of milliseconds with thousands of streams open).
     gc.freeze()
+
+
+def chunk_writing_response(base):
+    """gunicorn's HTTP/1 response, with a short path for each chunk of a streaming body.
+
+    For every event a stream yields, gunicorn's write() goes through five
+    calls (send_headers, _emit_body, util.write, write_chunk, sendall) and
+    builds a list to frame ten bytes: a third of what the server spends on a
+    broadcast delivery outside the kernel. Once the headers are out and the
+    body is chunked, this frames and sends the chunk in one step; the same
+    bytes (tests/test_limits.py checks), and anything else goes the usual way.
+    """
+
+    class ChunkWritingResponse(base):
+        def write(self, arg):
+            if self.headers_sent and self.chunked and type(arg) is bytes and arg \
+                    and not self._omits_body:
+                self.sent += len(arg)
+                self.sock.sendall(b"%X\r\n%s\r\n" % (len(arg), arg))
+            else:
+                super().write(arg)
+
+    return ChunkWritingResponse
 
 
 def one_line_for_stalled_clients(record):

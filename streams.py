@@ -158,7 +158,8 @@ class Stream:
     @property
     def ended(self):
         """True once the worker is stopping, the lifetime is up, or the client has gone."""
-        return self.gone or self._streams.stopping or time.monotonic() >= self.ends_at
+        return (self.gone or self._streams.stopping
+                or (self.ends_at != math.inf and time.monotonic() >= self.ends_at))
 
     def sleep_until(self, deadline):
         """Sleep until ``deadline`` (a time.monotonic() value) and return the time then.
@@ -172,12 +173,15 @@ class Stream:
 
     def wait_until(self, deadline):
         """Sleep until ``deadline`` or until ``wake()``; may also return early for no reason."""
-        if not self.ended:
+        # Not `ended`: its lifetime bounds the sleep anyway, and this runs per message.
+        if not (self.gone or self._streams.stopping):
             self._clock.wait(self, min(deadline, self.ends_at))
 
     def wake(self):
         """End a wait_until() now; safe from any greenlet or thread."""
-        self._clock.wake(self)
+        if not self.wake_pending:  # once is enough, however often it is woken till then
+            self.wake_pending = True
+            self._clock.wake(self)
 
     def watch(self, sock):
         """Notice at once when the client closes; cut it off when it stops reading."""
@@ -304,18 +308,15 @@ class GeventClock:
         sleepers.append(stream)
         stream.waiter = self._current()
         try:
-            self._hub.switch()  # back to the event loop, until _resume() switches back here
+            self._hub.switch()  # back to the event loop, until it switches back here
         finally:
             stream.waiter = None
-            if stream.sleepers is not None:
-                self._leave(stream)
-
-    def _leave(self, stream):
-        last = stream.sleepers.pop()
-        if last is not stream:
-            stream.sleepers[stream.index] = last
-            last.index = stream.index
-        stream.sleepers = None
+            if stream.sleepers is not None:  # woken before its slot: leave the list
+                last = sleepers.pop()
+                if last is not stream:
+                    sleepers[stream.index] = last
+                    last.index = stream.index
+                stream.sleepers = None
 
     def _ring(self, slot, timer):
         timer.close()
@@ -323,37 +324,35 @@ class GeventClock:
         for stream in sleepers:
             stream.sleepers = None  # the list is done with: nobody leaves it now
         for stream in sleepers:
-            self._resume(stream)
-
-    def _resume(self, stream):
-        """In the event loop: switch to the stream's greenlet if it sleeps (it may not, now)."""
-        stream.wake_pending = False
-        greenlet = stream.waiter
-        if greenlet is not None:
-            stream.waiter = None
-            greenlet.switch()
+            greenlet = stream.waiter
+            if greenlet is not None:  # not if it was woken, or has gone, meanwhile
+                stream.waiter = None
+                greenlet.switch()
 
     def wake(self, stream):
-        """Resume ``stream`` soon, in the event loop: once, however often it is woken till then.
+        """Resume ``stream`` soon, in the event loop (Stream.wake calls this once per sleep).
 
         Streams woken together (a broadcast wakes every subscriber) are resumed
         by one callback, not one each: ten thousand callbacks per message would
         cost their own CPU and keep the garbage collector busy.
         """
-        if not stream.wake_pending:
-            stream.wake_pending = True
-            self._waking.append(stream)
-            if not self._wake_scheduled:
-                self._wake_scheduled = True
-                self._loop.run_callback(self._resume_woken)
+        self._waking.append(stream)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._loop.run_callback(self._resume_woken)
 
     def _resume_woken(self, timer=None):
         if timer is not None:
             timer.close()
-        started = time.perf_counter()
-        while self._waking:
-            self._resume(self._waking.popleft())
-            if self._waking and time.perf_counter() - started > BUSY_TURN:
+        started, waking = time.perf_counter(), self._waking
+        while waking:
+            stream = waking.popleft()
+            stream.wake_pending = False
+            greenlet = stream.waiter
+            if greenlet is not None:  # it may be running, or gone: then it has seen the news
+                stream.waiter = None
+                greenlet.switch()
+            if len(waking) % 32 == 0 and waking and time.perf_counter() - started > BUSY_TURN:
                 # Let the loop look at new requests before the rest.
                 timer = self._loop.timer(0)
                 timer.start(self._resume_woken, timer)
@@ -408,6 +407,7 @@ class ThreadClock:
         stream.waiter.clear()
 
     def wake(self, stream):
+        stream.wake_pending = False  # an Event keeps the news by itself
         stream.waiter.set()
 
     def watch_readable(self, fd, callback):
