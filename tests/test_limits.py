@@ -236,3 +236,48 @@ def test_a_message_that_cannot_be_sent_is_refused_and_cuts_no_stream(gunicorn, r
             assert client.post(server.url + "/broadcast", json={"data": "fine"}).status_code == 202
             # The same connection, still open: the refused ones never reached it.
             assert next(line for line in lines if line.startswith("data: ")) == 'data: "fine"'
+
+
+class Recorder:
+    """A socket that keeps what is sent."""
+
+    def __init__(self):
+        self.sent = b""
+
+    def sendall(self, data):
+        self.sent += bytes(data)
+
+
+class Request:
+    def __init__(self, method):
+        self.method, self.version, self.headers = method, (1, 1), []
+
+    def should_close(self):
+        return False
+
+
+@pytest.mark.parametrize(("method", "headers"), [
+    ("GET", [("Content-Type", "text/event-stream")]),  # chunked: the short path
+    ("HEAD", [("Content-Type", "text/event-stream")]),  # no body at all
+    ("GET", [("Content-Length", "6")]),  # not chunked, and cut at its length
+])
+def test_the_short_chunk_write_sends_the_bytes_gunicorn_would(method, headers, monkeypatch):
+    import runpy
+
+    from gunicorn import util
+    from gunicorn.config import Config
+    from gunicorn.http import wsgi
+
+    monkeypatch.setattr(util, "http_date", lambda: "Tue, 01 Dec 2026 00:00:00 GMT")
+    faster = runpy.run_path("gunicorn.conf.py")["chunk_writing_response"](wsgi.Response)
+    wire = []
+    for response_class in (wsgi.Response, faster):
+        sock = Recorder()
+        response = response_class(Request(method), sock, Config())
+        response.start_response("200 OK", headers)
+        for chunk in [b"retry: 100\n\n", b"", b"id: 1\ndata: \xc3\xa9\n\n", b"tail"]:
+            response.write(chunk)
+        response.close()
+        wire.append(sock.sent)
+    assert wire[0] == wire[1]
+    assert (b"\r\n0\r\n\r\n" in wire[1]) == (method == "GET" and headers[0][0] != "Content-Length")
