@@ -522,29 +522,26 @@ def run_scenarios(args):
                 show(runs[-1])
                 save(args, "first-bytes", runs, FIRST_KEYS, group=("server",))
     if "fanout" in scenarios:
-        runs = []
-        for rep in range(args.repeats):
-            for n in args.fanout:
-                for name in args.fanout_servers.split(","):
-                    if name == "flask-redis" and not shutil.which("redis-server"):
-                        runs.append({"scenario": "fanout", "server": name, "n": n,
-                                     "repeat": rep, "skipped": "redis-server not installed"})
-                    else:
-                        runs.append(fanout_run(name, n, args, rep))
-                    show(runs[-1])
-                    save(args, "fanout", runs, FANOUT_KEYS)
+        run_fanouts(args, "fanout", fanout_run, args.fanout, args.fanout_servers.split(","),
+                    FANOUT_KEYS)
     if "fanout-steady" in scenarios:
-        runs = []
-        for rep in range(args.repeats):
-            for n in args.fanout_steady_subscribers:
-                for name in servers:
-                    if name == "flask-redis" and not shutil.which("redis-server"):
-                        runs.append({"scenario": "fanout-steady", "server": name, "n": n,
-                                     "repeat": rep, "skipped": "redis-server not installed"})
-                    else:
-                        runs.append(fanout_steady_run(name, n, args, rep))
-                    show(runs[-1])
-                    save(args, "fanout-steady", runs, STEADY_KEYS)
+        run_fanouts(args, "fanout-steady", fanout_steady_run, args.fanout_steady_subscribers,
+                    servers, STEADY_KEYS)
+
+
+def run_fanouts(args, scenario, run_one, counts, servers, keys):
+    """Every repeat, subscriber count and server of a fan-out scenario, interleaved."""
+    runs = []
+    for rep in range(args.repeats):
+        for n in counts:
+            for name in servers:
+                if name == "flask-redis" and not shutil.which("redis-server"):
+                    runs.append({"scenario": scenario, "server": name, "n": n,
+                                 "repeat": rep, "skipped": "redis-server not installed"})
+                else:
+                    runs.append(run_one(name, n, args, rep))
+                show(runs[-1])
+                save(args, scenario, runs, keys)
 
 
 def install_peer():

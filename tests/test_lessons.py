@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import stopped_after
 from httpx_sse import connect_sse
 from playwright.sync_api import expect
 from servers import ROOT, Server, free_port, wait_until
@@ -50,9 +51,7 @@ class Lesson(Server):
 @pytest.fixture
 def lesson(tmp_path):
     """Start ``lessons/<name>.py`` on a free port; stop every one started after the test."""
-    started = []
-
-    def start(name):
+    def start_one(name):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         # --no-control-socket: gunicorn 27's ~/.gunicorn/gunicorn.ctl would be fought
@@ -62,15 +61,10 @@ def lesson(tmp_path):
         log = open(tmp_path / f"{name}-{port}.log", "w")
         # From inside lessons/, as the docstrings say: gunicorn then does not read the
         # repository's gunicorn.conf.py, which is app.py's. Every lesson answers / with its page.
-        started.append(Lesson(args, url, url + "/", env={"HEARTBEAT_SECONDS": str(HEARTBEAT)},
-                              cwd=LESSONS, log=log))
-        return started[-1]
+        return Lesson(args, url, url + "/", env={"HEARTBEAT_SECONDS": str(HEARTBEAT)},
+                      cwd=LESSONS, log=log)
 
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.stop()
+    yield from stopped_after(start_one)
 
 
 def read_events(url, count, headers=None):
