@@ -271,3 +271,29 @@ def test_a_reload_mid_answer_behind_nginx_loses_no_chunk(gunicorn, nginx, redis_
         whole = client.post(proxy.url + URL, json={"messages": [QUESTION]}).json()
     assert [n for n, _ in chunks] == list(range(1, len(chunks) + 1))  # no gap, no repeat
     assert content(chunks) == whole["choices"][0]["message"]["content"]
+
+
+def test_without_redis_a_reload_mid_answer_lets_the_old_worker_finish_it(gunicorn):
+    # docs/chat.md: without Redis "the reader keeps the worker up to gunicorn's graceful_timeout
+    # (5 s), and an answer that ends by then arrives whole". This one needs about 2 s.
+    server = gunicorn(env={"SSE_CHAT_TOKEN_DELAY": "0.02"})
+    ids, data, reloaded_at = [], [], None
+    body = {"messages": [QUESTION], "stream": True}
+    with httpx.Client(timeout=10) as client:
+        with client.stream("POST", server.url + URL, json=body) as response:
+            for line in response.iter_lines():  # heartbeat lines come even when chunks do not
+                if reloaded_at is not None:
+                    assert time.monotonic() - reloaded_at < 5, (
+                        f"no [DONE] 5 s after the reload; the chunks stopped at {ids[-1]}")
+                if line.startswith("id: "):
+                    ids.append(int(line[4:]))
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+                if len(ids) == 5 and reloaded_at is None:
+                    os.kill(server.pid, signal.SIGHUP)  # every worker is replaced
+                    reloaded_at = time.monotonic()
+        whole = client.post(server.url + URL, json={"messages": [QUESTION]}).json()
+    assert data[-1] == "[DONE]"
+    assert ids == list(range(1, len(ids) + 1))
+    chunks = [(n, json.loads(text)) for n, text in zip(ids, data, strict=False)]
+    assert content(chunks) == whole["choices"][0]["message"]["content"]
