@@ -297,3 +297,27 @@ def test_without_redis_a_reload_mid_answer_lets_the_old_worker_finish_it(gunicor
     assert ids == list(range(1, len(ids) + 1))
     chunks = [(n, json.loads(text)) for n, text in zip(ids, data, strict=False)]
     assert content(chunks) == whole["choices"][0]["message"]["content"]
+
+
+def test_a_reader_elsewhere_never_gets_one_chunk_under_another_chunks_id(redis_server):
+    # Redis restarted empty mid-answer (no persistence): the chunks written before are gone,
+    # the generating worker writes on from chunk n. A reader elsewhere must not be handed chunk
+    # n as the chunk after its Last-Event-ID: that skips text without a word, and every id it
+    # keeps after that is wrong, so its next re-attach repeats text.
+    here = chat_app(REDIS_URL=redis_server.url, CHAT_TOKEN_DELAY=0.02)
+    elsewhere = chat_app(REDIS_URL=redis_server.url)
+    response = post(here.test_client())
+    id = read_chunks(response, 3)[0][1]["id"]
+    answer = here.extensions["answers"].get(id)
+    wait_until(lambda: len(answer.chunks) >= 10, what="ten chunks")
+    redis_server.stop()
+    redis_server.start()
+    restarted_at = len(answer.chunks)
+    wait_until(lambda: answer.end is not None, timeout=20, what="the answer to end")
+    response.close()
+    text = elsewhere.test_client().get(f"{URL}/{id}/stream", headers={"Last-Event-ID": "3"})
+    assert text.status_code == 200
+    got = [(int(n), chunk) for n, chunk in events(text.get_data(as_text=True)) if n]
+    assert restarted_at > 4 and got, "the test needs chunks lost between 3 and the restart"
+    for n, chunk in got:
+        assert chunk == answer.chunks[n - 1], f"chunk {n} is another chunk's text"
