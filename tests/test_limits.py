@@ -365,3 +365,28 @@ def test_over_tls_a_dripped_body_still_gets_a_readable_408(tls_gunicorn):
                  b"Content-Length: 50\r\n\r\n{")
     reply = read_until(sock, lambda got: b"\r\n\r\n" in got)
     assert reply.startswith(b"HTTP/1.1 408")
+
+
+def test_a_subscriber_dropped_mid_write_ends_once_that_write_is_done_not_a_heartbeat_later(
+        gunicorn):
+    # A subscriber is dropped when its queue is full: when its greenlet is stuck writing to
+    # a client that reads slowly. So the drop's wake-up comes while it writes, not sleeps.
+    server = gunicorn(env={"SSE_HEARTBEAT": "10", "SSE_BROADCAST_QUEUE": "2"})
+    slow = raw_stream(server, "/broadcast", rcvbuf=4096)  # reads nothing for now
+    wait_until(lambda: health(server)["broadcast_subscribers"] == 1, what="the subscriber")
+    payload = "x" * 16_000
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        for n in range(40):  # at most 640 kB: far more than the socket buffers hold
+            assert client.post("/broadcast", json={"data": f"{n}:{payload}"}).status_code == 202
+            if health(server)["broadcast_subscribers"] == 0:
+                break
+    assert health(server)["broadcast_subscribers"] == 0, "the slow subscriber was not dropped"
+    slow.settimeout(30)
+    reading_from, body = time.monotonic(), b""
+    while not body.endswith(b"\r\n0\r\n\r\n"):  # now it reads all, as fast as it can
+        data = slow.recv(65536)
+        assert data, "the stream was cut, not ended"
+        body += data
+    took = time.monotonic() - reading_from
+    slow.close()
+    assert took < 3, f"the dropped stream ended {took:.1f} s after its client caught up"
