@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+import redis
 from conftest import FAST
 from httpx_sse import connect_sse
 from servers import wait_until
@@ -321,3 +322,13 @@ def test_a_reader_elsewhere_never_gets_one_chunk_under_another_chunks_id(redis_s
     assert restarted_at > 4 and got, "the test needs chunks lost between 3 and the restart"
     for n, chunk in got:
         assert chunk == answer.chunks[n - 1], f"chunk {n} is another chunk's text"
+
+
+def test_with_redis_a_keep_time_in_fractions_of_a_second_still_expires_the_answer(redis_server):
+    # SSE_CHAT_KEEP_SECONDS is "seconds, >= 0" (docs/configuration.md); 1.5 is a valid value.
+    app = chat_app(REDIS_URL=redis_server.url, CHAT_KEEP_SECONDS=1.5)
+    text = post(app.test_client()).get_data(as_text=True)
+    assert text.endswith("data: [DONE]\n\n")
+    store = redis.Redis.from_url(redis_server.url)
+    [key] = [k for k in store.scan_iter("sse:chat:*") if not k.endswith((b":alive", b":attached"))]
+    assert 0 < store.pttl(key) <= 1500, "the answer's Redis stream never expires"
