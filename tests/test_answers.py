@@ -332,3 +332,16 @@ def test_with_redis_a_keep_time_in_fractions_of_a_second_still_expires_the_answe
     store = redis.Redis.from_url(redis_server.url)
     [key] = [k for k in store.scan_iter("sse:chat:*") if not k.endswith((b":alive", b":attached"))]
     assert 0 < store.pttl(key) <= 1500, "the answer's Redis stream never expires"
+
+
+@pytest.mark.parametrize("suffix", [":alive", ":attached"])
+def test_with_redis_an_id_naming_another_key_of_an_answer_is_404(redis_server, suffix):
+    # The id comes from the URL: "<id>:alive" is no answer, though its Redis key exists.
+    app = chat_app(REDIS_URL=redis_server.url, CHAT_TOKEN_DELAY=0.05)
+    response = post(app.test_client())
+    id = read_chunks(response, 1)[0][1]["id"]
+    elsewhere = chat_app(REDIS_URL=redis_server.url).test_client()
+    elsewhere.get(f"{URL}/{id}/stream").close()  # a reader elsewhere marks it attached
+    assert elsewhere.post(f"{URL}/{id}{suffix}/cancel").status_code == 404
+    assert elsewhere.get(f"{URL}/{id}{suffix}/stream").status_code == 404
+    response.close()
