@@ -345,3 +345,17 @@ def test_with_redis_an_id_naming_another_key_of_an_answer_is_404(redis_server, s
     assert elsewhere.post(f"{URL}/{id}{suffix}/cancel").status_code == 404
     assert elsewhere.get(f"{URL}/{id}{suffix}/stream").status_code == 404
     response.close()
+
+
+def test_with_redis_questions_refused_while_redis_was_down_hold_no_answer_slot(redis_server):
+    app = chat_app(REDIS_URL=redis_server.url, CHAT_MAX_ANSWERS=2)
+    client = app.test_client()
+    redis_server.stop()
+    for _ in range(3):
+        refused = client.post(URL, json={"messages": [QUESTION], "stream": True})
+        assert refused.status_code == 503
+        assert "store of chat answers is unavailable" in refused.json["error"]["message"]
+    redis_server.start()
+    assert client.get("/healthz").json["chat_answers"] == 0
+    text = post(client).get_data(as_text=True)  # Redis is back: so are chat answers
+    assert text.endswith("data: [DONE]\n\n")
