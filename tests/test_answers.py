@@ -359,3 +359,24 @@ def test_with_redis_questions_refused_while_redis_was_down_hold_no_answer_slot(r
     assert client.get("/healthz").json["chat_answers"] == 0
     text = post(client).get_data(as_text=True)  # Redis is back: so are chat answers
     assert text.endswith("data: [DONE]\n\n")
+
+
+def test_a_reader_elsewhere_does_not_log_a_warning_per_poll_while_redis_is_down(
+        redis_server, caplog):
+    # Every reader elsewhere polls Redis 20 times a second: one warning per poll is 20 lines
+    # a second per reader while Redis is down (a thousand readers: 20,000 lines a second).
+    here = chat_app(REDIS_URL=redis_server.url, CHAT_TOKEN_DELAY=0.2)
+    response = post(here.test_client())
+    id = read_chunks(response, 1)[0][1]["id"]
+    reader = chat_app(REDIS_URL=redis_server.url).test_client().get(f"{URL}/{id}/stream")
+    chunks = reader.iter_encoded()
+    next(chunks)
+    redis_server.stop()
+    caplog.clear()
+    until = time.monotonic() + 2
+    while time.monotonic() < until:  # heartbeats every 0.2 s keep the stream moving
+        next(chunks)
+    reader.close()
+    response.close()
+    polls = [r for r in caplog.records if "reading Redis failed" in r.getMessage()]
+    assert len(polls) <= 5, f"{len(polls)} warnings in 2 s from one reader"
