@@ -390,3 +390,16 @@ def test_a_subscriber_dropped_mid_write_ends_once_that_write_is_done_not_a_heart
     took = time.monotonic() - reading_from
     slow.close()
     assert took < 3, f"the dropped stream ended {took:.1f} s after its client caught up"
+
+
+def test_the_send_buffer_is_bounded_on_a_socket_without_tcp_options():
+    # gunicorn bound to a unix socket behind nginx (bind = "unix:/run/gunicorn.sock"), or a
+    # system without TCP_USER_TIMEOUT: the write timeout cannot be set, the send buffer can.
+    from streams import SEND_BUFFER, Streams
+
+    server_side, client_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with server_side, client_side:
+        stream = Streams(10).start()
+        stream.watch(server_side)
+        assert server_side.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * SEND_BUFFER
+        stream.close()
