@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+import redis
 from conftest import FAST
 from httpx_sse import connect_sse
 from servers import wait_until
@@ -271,3 +272,111 @@ def test_a_reload_mid_answer_behind_nginx_loses_no_chunk(gunicorn, nginx, redis_
         whole = client.post(proxy.url + URL, json={"messages": [QUESTION]}).json()
     assert [n for n, _ in chunks] == list(range(1, len(chunks) + 1))  # no gap, no repeat
     assert content(chunks) == whole["choices"][0]["message"]["content"]
+
+
+def test_without_redis_a_reload_mid_answer_lets_the_old_worker_finish_it(gunicorn):
+    # docs/chat.md: without Redis "the reader keeps the worker up to gunicorn's graceful_timeout
+    # (5 s), and an answer that ends by then arrives whole". This one needs about 2 s.
+    server = gunicorn(env={"SSE_CHAT_TOKEN_DELAY": "0.02"})
+    ids, data, reloaded_at = [], [], None
+    body = {"messages": [QUESTION], "stream": True}
+    with httpx.Client(timeout=10) as client:
+        with client.stream("POST", server.url + URL, json=body) as response:
+            for line in response.iter_lines():  # heartbeat lines come even when chunks do not
+                if reloaded_at is not None:
+                    assert time.monotonic() - reloaded_at < 5, (
+                        f"no [DONE] 5 s after the reload; the chunks stopped at {ids[-1]}")
+                if line.startswith("id: "):
+                    ids.append(int(line[4:]))
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+                if len(ids) == 5 and reloaded_at is None:
+                    os.kill(server.pid, signal.SIGHUP)  # every worker is replaced
+                    reloaded_at = time.monotonic()
+        whole = client.post(server.url + URL, json={"messages": [QUESTION]}).json()
+    assert data[-1] == "[DONE]"
+    assert ids == list(range(1, len(ids) + 1))
+    chunks = [(n, json.loads(text)) for n, text in zip(ids, data, strict=False)]
+    assert content(chunks) == whole["choices"][0]["message"]["content"]
+
+
+def test_a_reader_elsewhere_never_gets_one_chunk_under_another_chunks_id(redis_server):
+    # Redis restarted empty mid-answer (no persistence): the chunks written before are gone,
+    # the generating worker writes on from chunk n. A reader elsewhere must not be handed chunk
+    # n as the chunk after its Last-Event-ID: that skips text without a word, and every id it
+    # keeps after that is wrong, so its next re-attach repeats text.
+    here = chat_app(REDIS_URL=redis_server.url, CHAT_TOKEN_DELAY=0.02)
+    elsewhere = chat_app(REDIS_URL=redis_server.url)
+    response = post(here.test_client())
+    id = read_chunks(response, 3)[0][1]["id"]
+    answer = here.extensions["answers"].get(id)
+    wait_until(lambda: len(answer.chunks) >= 10, what="ten chunks")
+    redis_server.stop()
+    redis_server.start()
+    restarted_at = len(answer.chunks)
+    wait_until(lambda: answer.end is not None, timeout=20, what="the answer to end")
+    response.close()
+    text = elsewhere.test_client().get(f"{URL}/{id}/stream", headers={"Last-Event-ID": "3"})
+    assert text.status_code == 200
+    got = [(int(n), chunk) for n, chunk in events(text.get_data(as_text=True)) if n]
+    assert restarted_at > 4 and got, "the test needs chunks lost between 3 and the restart"
+    for n, chunk in got:
+        assert chunk == answer.chunks[n - 1], f"chunk {n} is another chunk's text"
+
+
+def test_with_redis_a_keep_time_in_fractions_of_a_second_still_expires_the_answer(redis_server):
+    # SSE_CHAT_KEEP_SECONDS is "seconds, >= 0" (docs/configuration.md); 1.5 is a valid value.
+    app = chat_app(REDIS_URL=redis_server.url, CHAT_KEEP_SECONDS=1.5)
+    text = post(app.test_client()).get_data(as_text=True)
+    assert text.endswith("data: [DONE]\n\n")
+    store = redis.Redis.from_url(redis_server.url)
+    [key] = [k for k in store.scan_iter("sse:chat:*") if not k.endswith((b":alive", b":attached"))]
+    assert 0 < store.pttl(key) <= 1500, "the answer's Redis stream never expires"
+
+
+@pytest.mark.parametrize("suffix", [":alive", ":attached"])
+def test_with_redis_an_id_naming_another_key_of_an_answer_is_404(redis_server, suffix):
+    # The id comes from the URL: "<id>:alive" is no answer, though its Redis key exists.
+    app = chat_app(REDIS_URL=redis_server.url, CHAT_TOKEN_DELAY=0.05)
+    response = post(app.test_client())
+    id = read_chunks(response, 1)[0][1]["id"]
+    elsewhere = chat_app(REDIS_URL=redis_server.url).test_client()
+    elsewhere.get(f"{URL}/{id}/stream").close()  # a reader elsewhere marks it attached
+    assert elsewhere.post(f"{URL}/{id}{suffix}/cancel").status_code == 404
+    assert elsewhere.get(f"{URL}/{id}{suffix}/stream").status_code == 404
+    response.close()
+
+
+def test_with_redis_questions_refused_while_redis_was_down_hold_no_answer_slot(redis_server):
+    app = chat_app(REDIS_URL=redis_server.url, CHAT_MAX_ANSWERS=2)
+    client = app.test_client()
+    redis_server.stop()
+    for _ in range(3):
+        refused = client.post(URL, json={"messages": [QUESTION], "stream": True})
+        assert refused.status_code == 503
+        assert "store of chat answers is unavailable" in refused.json["error"]["message"]
+    redis_server.start()
+    assert client.get("/healthz").json["chat_answers"] == 0
+    text = post(client).get_data(as_text=True)  # Redis is back: so are chat answers
+    assert text.endswith("data: [DONE]\n\n")
+
+
+def test_a_reader_elsewhere_does_not_log_a_warning_per_poll_while_redis_is_down(
+        redis_server, caplog):
+    # Every reader elsewhere polls Redis 20 times a second: one warning per poll is 20 lines
+    # a second per reader while Redis is down (a thousand readers: 20,000 lines a second).
+    here = chat_app(REDIS_URL=redis_server.url, CHAT_TOKEN_DELAY=0.2)
+    response = post(here.test_client())
+    id = read_chunks(response, 1)[0][1]["id"]
+    reader = chat_app(REDIS_URL=redis_server.url).test_client().get(f"{URL}/{id}/stream")
+    chunks = reader.iter_encoded()
+    next(chunks)
+    redis_server.stop()
+    caplog.clear()
+    until = time.monotonic() + 2
+    while time.monotonic() < until:  # heartbeats every 0.2 s keep the stream moving
+        next(chunks)
+    reader.close()
+    response.close()
+    polls = [r for r in caplog.records if "reading Redis failed" in r.getMessage()]
+    assert len(polls) <= 5, f"{len(polls)} warnings in 2 s from one reader"

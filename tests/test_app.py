@@ -265,3 +265,21 @@ def test_the_core_runs_without_the_optional_packages():
                             env={**env, "SSE_CHAT_TOKEN_DELAY": "0"}, timeout=60,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_app_runs_where_python_has_no_resource_module():
+    # README: on Windows "Flask's threaded development server still streams". Windows
+    # Python has no resource module (Unix only); here importing it fails, as it does there.
+    code = """if True:
+        import sys
+        sys.modules["resource"] = None
+        import app
+        client = app.app.test_client()
+        assert client.get("/stream?limit=1").status_code == 200
+        print("ok")
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SSE_", "OPENAI_")) and k != "REDIS_URL"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -8,10 +8,13 @@ meets a bound, a clear answer, or both.
 
 import asyncio
 import json
+import os
 import re
 import select
 import signal
 import socket
+import ssl
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -281,3 +284,122 @@ def test_the_short_chunk_write_sends_the_bytes_gunicorn_would(method, headers, m
         wire.append(sock.sent)
     assert wire[0] == wire[1]
     assert (b"\r\n0\r\n\r\n" in wire[1]) == (method == "GET" and headers[0][0] != "Content-Length")
+
+
+# --- gunicorn terminating TLS itself (--certfile, --keyfile) ----------------------------------
+
+@pytest.fixture
+def tls_gunicorn(tmp_path):
+    """gunicorn serving HTTPS itself with a self-signed certificate; stopped by its PID after."""
+    from servers import OPENSSL_CERT, ROOT, free_port, need
+
+    (tmp_path / ".nginx").mkdir()
+    subprocess.run([need("openssl"), *OPENSSL_CERT[1:]], cwd=tmp_path, check=True,
+                   capture_output=True)
+    started = []
+
+    def start(env=None):
+        port = free_port()
+        cmd = [sys.executable, "-m", "gunicorn", "app:app", "--bind", f"127.0.0.1:{port}",
+               "--certfile", str(tmp_path / ".nginx/localhost.crt"),
+               "--keyfile", str(tmp_path / ".nginx/localhost.key")]
+        log = open(tmp_path / f"gunicorn-tls-{port}.log", "w")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
+                                stdout=log, stderr=subprocess.STDOUT)
+        started.append(proc)
+
+        def healthy():
+            try:
+                return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False,
+                                 timeout=1).json()
+            except httpx.HTTPError:
+                return None
+
+        proc.health = wait_until(healthy, timeout=20, what="gunicorn to answer over TLS")
+        proc.port = port
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(10)
+
+
+def tls_socket(port):
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+
+
+def read_until(sock, done):
+    """Read until ``done(bytes so far)``; an SSL error before (plain bytes over TLS) fails."""
+    body = b""
+    while not done(body):
+        try:
+            data = sock.recv(4096)
+        except ssl.SSLError as exc:
+            raise AssertionError(f"the TLS stream broke ({exc}) after {body[-60:]!r}") from None
+        assert data, f"closed after {body[-60:]!r}"
+        body += data
+    return body
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", ["/stream?interval=0.5&ping=0", "/broadcast"])
+def test_over_tls_a_stopping_worker_ends_its_streams_cleanly(tls_gunicorn, path):
+    server = tls_gunicorn()
+    sock = tls_socket(server.port)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    body = sock.recv(4096)
+    assert body.startswith(b"HTTP/1.1 200")
+    os.kill(server.health["pid"], signal.SIGTERM)  # what a reload sends the worker
+    read_until(sock, lambda rest: (body + rest).endswith(b"\r\n0\r\n\r\n"))  # chunked end
+
+
+@pytest.mark.integration
+def test_over_tls_a_dripped_body_still_gets_a_readable_408(tls_gunicorn):
+    server = tls_gunicorn(env={"SSE_BODY_TIMEOUT": "0.5"})
+    sock = tls_socket(server.port)
+    sock.sendall(b"POST /broadcast HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 50\r\n\r\n{")
+    reply = read_until(sock, lambda got: b"\r\n\r\n" in got)
+    assert reply.startswith(b"HTTP/1.1 408")
+
+
+def test_a_subscriber_dropped_mid_write_ends_once_that_write_is_done_not_a_heartbeat_later(
+        gunicorn):
+    # A subscriber is dropped when its queue is full: when its greenlet is stuck writing to
+    # a client that reads slowly. So the drop's wake-up comes while it writes, not sleeps.
+    server = gunicorn(env={"SSE_HEARTBEAT": "10", "SSE_BROADCAST_QUEUE": "2"})
+    slow = raw_stream(server, "/broadcast", rcvbuf=4096)  # reads nothing for now
+    wait_until(lambda: health(server)["broadcast_subscribers"] == 1, what="the subscriber")
+    payload = "x" * 16_000
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        for n in range(40):  # at most 640 kB: far more than the socket buffers hold
+            assert client.post("/broadcast", json={"data": f"{n}:{payload}"}).status_code == 202
+            if health(server)["broadcast_subscribers"] == 0:
+                break
+    assert health(server)["broadcast_subscribers"] == 0, "the slow subscriber was not dropped"
+    slow.settimeout(30)
+    reading_from, body = time.monotonic(), b""
+    while not body.endswith(b"\r\n0\r\n\r\n"):  # now it reads all, as fast as it can
+        data = slow.recv(65536)
+        assert data, "the stream was cut, not ended"
+        body += data
+    took = time.monotonic() - reading_from
+    slow.close()
+    assert took < 3, f"the dropped stream ended {took:.1f} s after its client caught up"
+
+
+def test_the_send_buffer_is_bounded_on_a_socket_without_tcp_options():
+    # gunicorn bound to a unix socket behind nginx (bind = "unix:/run/gunicorn.sock"), or a
+    # system without TCP_USER_TIMEOUT: the write timeout cannot be set, the send buffer can.
+    from streams import SEND_BUFFER, Streams
+
+    server_side, client_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with server_side, client_side:
+        stream = Streams(10).start()
+        stream.watch(server_side)
+        assert server_side.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * SEND_BUFFER
+        stream.close()

@@ -326,3 +326,35 @@ def test_reload_ends_broadcast_streams_at_once_and_cleanly(gunicorn):
         sock.close()
     took = time.monotonic() - reload_at
     assert took < 2, f"the broadcast streams ended {took:.1f} s after the reload"
+
+
+def test_reload_ends_every_stream_at_once_while_a_chat_answer_is_in_flight(gunicorn):
+    # Without Redis a chat reader stays with its answer on a reload; the other streams of
+    # that worker must still end at once, as they do with no chat going.
+    upstream = gunicorn(env={**QUIET, "SSE_CHAT_TOKEN_DELAY": "0.05"})
+    port = int(upstream.url.rsplit(":", 1)[1])
+    chat = socket.create_connection(("127.0.0.1", port), timeout=5)
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "stream": true}'
+    chat.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                 b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert chat.recv(4096).startswith(b"HTTP/1.1 200")
+    sockets = []
+    for path in ["/stream?interval=1&ping=0", "/broadcast"] * 10:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sockets.append(sock)
+    reload_at = time.monotonic()
+    os.kill(upstream.pid, signal.SIGHUP)
+    for n, sock in enumerate(sockets):
+        body = b""
+        while not body.endswith(b"0\r\n\r\n"):  # the chunked body's clean end
+            sock.settimeout(max(0.01, reload_at + 2 - time.monotonic()))
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                raise AssertionError(f"stream {n} of 20 still open 2 s after the reload") from None
+            assert data, f"a stream was cut, not ended: {body[-80:]!r}"
+            body += data
+        sock.close()
+    chat.close()
