@@ -33,6 +33,7 @@ it; a finished answer is kept ``keep_for`` seconds.
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 CHECK_EVERY = 0.1
 # Seconds between a remote reader's looks at Redis for new chunks.
 REMOTE_POLL = 0.05
+# Milliseconds an answer's Redis stream is kept at least while it is generated.
+GENERATING_KEEP_MS = 300_000
+# The ids this app gives answers; anything else names no answer (and no other key).
+ANSWER_ID = re.compile(r"chatcmpl-[0-9a-f]{32}")
 
 
 class TooManyAnswers(Exception):
@@ -132,8 +137,13 @@ class MemoryAnswers:
         if len(self._answers) >= self.max_answers:
             chunks.close()
             raise TooManyAnswers()
-        answer = self._answers[id] = Answer(id, model, int(time.time()))
-        self._created(answer)
+        answer = Answer(id, model, int(time.time()))
+        try:
+            self._created(answer)
+        except BaseException:  # Redis is down: nothing was kept, nothing is generated
+            chunks.close()
+            raise
+        self._answers[id] = answer
         thread = threading.Thread(target=self._generate, args=(answer, chunks),
                                   name=f"answer-{id}", daemon=True)
         self._generating.add(thread)
@@ -188,6 +198,8 @@ class MemoryAnswers:
     def _local(self, id):
         self._forget_expired()
         return self._answers.get(id)
+
+
 
     @contextlib.contextmanager
     def _reading(self, answer, wake):
@@ -258,15 +270,25 @@ class RedisReader:
         self._next_mark = 0.0  # when to tell the generator again that someone reads
 
     def since(self, after):
+        from redis import RedisError
+
         now = time.monotonic()
-        if now >= self._next_mark:
-            self._next_mark = now + 1
-            self._answers.mark_attached(self._id)
-        chunks, end = self._answers.read_remote(self._id, after)
-        if end is None and not chunks and now >= self._next_check:
-            self._next_check = now + 1
-            if not self._answers.remote_is_alive(self._id):
-                end = "lost"
+        try:
+            if now >= self._next_mark:
+                self._next_mark = now + 1
+                self._answers.mark_attached(self._id)
+            chunks, end = self._answers.read_remote(self._id, after)
+            if end is None and not chunks and now >= self._next_check:
+                self._next_check = now + 1
+                if not self._answers.remote_is_alive(self._id):
+                    end = "lost"
+        except RedisError as exc:  # keep trying, less often: Redis may come back
+            if self.poll == REMOTE_POLL:
+                log.warning("answer %s: reading Redis failed, trying each second: %s",
+                            self._id, exc)
+            self.poll = 1.0
+            return [], None
+        self.poll = REMOTE_POLL
         return chunks, end
 
 
@@ -306,6 +328,8 @@ class RedisAnswers(MemoryAnswers):
             raise StoreUnavailable(str(exc)) from exc
 
     def _key(self, id, suffix=""):
+        if not ANSWER_ID.fullmatch(id):  # "<id>:alive" would name another key
+            raise AnswerNotFound(id)
         return f"{self._prefix}{id}{suffix}"
 
     def _created(self, answer):
@@ -319,21 +343,24 @@ class RedisAnswers(MemoryAnswers):
 
     def _finish(self, answer, end):
         super()._finish(answer, end)
-        self._write(answer, {"end": end}, len(answer.chunks) + 1)
+        self._write(answer, {"end": end}, len(answer.chunks) + 1, finished=True)
         with contextlib.suppress(Exception):  # it expires by itself anyway
             self._redis.delete(self._key(answer.id, ":alive"))
         self._looked.pop(answer.id, None)
 
-    def _write(self, answer, fields, n):
+    def _write(self, answer, fields, n, finished=False):
         from redis import RedisError
 
         key = self._key(answer.id)
+        # Kept keep_for after the end; while it is generated, a while at least
+        # (keep_for may be 0, or a fraction of a second: PEXPIRE takes milliseconds).
+        keep = int(self.keep_for * 1000)
         pipe = self._redis.pipeline(transaction=False)
         pipe.xadd(key, fields, id=f"0-{n}")
-        pipe.expire(key, self.keep_for)
+        pipe.pexpire(key, keep if finished else max(keep, GENERATING_KEEP_MS))
         try:
             pipe.execute()
-        except RedisError as exc:  # local readers still get it; remote ones will see it lost
+        except RedisError as exc:  # local readers still get it; remote ones see it lost
             log.warning("answer %s: chunk %d not written to Redis: %s", answer.id, n, exc)
 
     def _abandoned(self, answer):
@@ -369,32 +396,26 @@ class RedisAnswers(MemoryAnswers):
         yield RedisReader(self, id)
 
     def read_remote(self, id, after):
-        """Chunks after ``after`` from Redis, and the end if it has come."""
-        from redis import RedisError
+        """Chunks after ``after`` from Redis, in order and without a gap, and the end if it came.
 
-        try:
-            entries = self._redis.xrange(self._key(id), min=f"(0-{after}", count=100)
-            gone = not entries and not self._redis.exists(self._key(id), self._key(id, ":alive"))
-        except RedisError as exc:  # keep polling: Redis may come back
-            log.warning("answer %s: reading Redis failed: %s", id, exc)
-            return [], None
-        chunks, end = [], None
-        for _, fields in entries:
+        A missing chunk (Redis lost it, or a write failed) ends the answer as
+        lost: numbering what follows by its place would send chunks under the
+        wrong ids, and a client's next re-attach would repeat text.
+        """
+        entries = self._redis.xrange(self._key(id), min=f"(0-{after}", count=100)
+        if not entries and not self._redis.exists(self._key(id), self._key(id, ":alive")):
+            return [], "lost"  # expired while read, or its worker died before the first chunk
+        chunks = []
+        for number, (entry_id, fields) in enumerate(entries, start=after + 1):
+            if entry_id != f"0-{number}".encode():
+                return chunks, "lost"
             if b"end" in fields:
-                end = fields[b"end"].decode()
-                break
+                return chunks, fields[b"end"].decode()
             chunks.append(fields[b"data"].decode())
-        if gone:
-            end = "lost"  # expired while read, or its worker died before the first chunk
-        return chunks, end
+        return chunks, None
 
     def remote_is_alive(self, id):
-        from redis import RedisError
-
-        try:
-            return bool(self._redis.exists(self._key(id, ":alive")))
-        except RedisError:
-            return True  # cannot tell: keep waiting
+        return bool(self._redis.exists(self._key(id, ":alive")))
 
     def mark_attached(self, id):
         """Tell the generating worker that someone elsewhere reads answer ``id``."""

@@ -28,7 +28,14 @@ import settings
 from answers import AnswerNotFound, MemoryAnswers, RedisAnswers, StoreUnavailable, TooManyAnswers
 from broker import BrokerUnavailable, MemoryBroker, RedisBroker
 from sse import HEARTBEAT, format_event, parse_last_event_id
-from streams import BodyTimeout, Streams, TooManyStreams, body_deadline, event_stream
+from streams import (
+    RESERVED_FILES,
+    BodyTimeout,
+    Streams,
+    TooManyStreams,
+    body_deadline,
+    event_stream,
+)
 
 bp = Blueprint("sse", __name__)
 
@@ -336,6 +343,7 @@ def answer_events(answers, completion_id, after, stream, heartbeat):
             if time.monotonic() - last_write >= heartbeat:
                 yield HEARTBEAT
                 last_write = time.monotonic()
+                continue  # a chunk may have come while the heartbeat was written
             stream.wait_until(min(last_write + heartbeat, time.monotonic() + (reader.poll or
                                                                              heartbeat)))
 
@@ -462,9 +470,11 @@ def create_app(config=None):
     """Create the app: defaults, then SSE_* environment variables, then ``config``."""
     app = Flask(__name__)
     settings.configure(app.config, config)
+    # A proxying worker also holds one upstream connection per answer it generates.
+    upstreams = app.config["CHAT_MAX_ANSWERS"] if app.config["OPENAI_API_KEY"] else 0
     app.extensions["streams"] = Streams(app.config["MAX_STREAMS"],
                                         app.config["MAX_STREAM_SECONDS"],
-                                        app.config["WRITE_TIMEOUT"])
+                                        app.config["WRITE_TIMEOUT"], RESERVED_FILES + upstreams)
     app.extensions["chat_model"] = chat.model_from_config(app.config)
     limits = {"max_answers": app.config["CHAT_MAX_ANSWERS"],
               "max_bytes": app.config["CHAT_MAX_ANSWER_BYTES"],

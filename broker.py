@@ -123,8 +123,8 @@ class Subscription:
 
     @property
     def pending(self):
-        """True when take() has something to return."""
-        return bool(self._backlog or self._queue)
+        """True when there is something to do: take() has messages, or it was dropped."""
+        return bool(self._backlog or self._queue) or self.dropped
 
     def replay(self, entries, reset=None):
         """Send ``reset``, then these (key, text) entries, first; skip them if they come live."""

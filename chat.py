@@ -189,9 +189,21 @@ class OfflineModel:
 
         yield chunk({"role": "assistant", "content": ""})
         for token in tokenize(offline_answer(messages)):
-            time.sleep(self.delay)
+            yield from self._pause()
             yield chunk({"content": token})
         yield chunk({}, finish_reason="stop")
+
+    def _pause(self):
+        """Wait ``delay`` s before the next token, saying None each CHECK_EVERY s meanwhile.
+
+        A long delay then still lets the owner look for a cancel, and keep the
+        answer's lease in Redis, as while a real model is silent.
+        """
+        deadline = time.monotonic() + self.delay
+        while (left := deadline - time.monotonic()) > CHECK_EVERY:
+            time.sleep(CHECK_EVERY)
+            yield None
+        time.sleep(max(0.0, left))
 
 
 def offline_answer(messages):

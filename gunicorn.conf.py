@@ -42,6 +42,11 @@ graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "5"))
 # wait for them for ever (a client could trickle a header a minute): at least 1.
 keepalive = max(1, int(os.environ.get("KEEPALIVE", "5")))
 
+# HTTP/1.1 only (gunicorn 27's default, said out loud): its HTTP/2 serves one
+# connection's requests one after another, so a second event stream on a
+# connection would never start. Nginx speaks HTTP/2 to browsers (nginx.conf).
+http_protocols = "h1"
+
 # Never preload with gevent: the app would be imported before the worker
 # patches the standard library, and its sockets and locks would block.
 preload_app = False
@@ -72,7 +77,8 @@ def on_starting(server):
     server.log.info("open-file limit: %s", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     if server.cfg.workers > 1 and not os.environ.get("REDIS_URL"):
         server.log.warning("%d workers and no REDIS_URL: a message POSTed to /broadcast reaches "
-                           "only the clients of the worker that took the POST",
+                           "only the clients of the worker that took the POST, and a chat "
+                           "answer can be re-attached only on the worker that generates it",
                            server.cfg.workers)
 
 

@@ -26,7 +26,6 @@ import itertools
 import logging
 import math
 import random
-import resource
 import socket
 import threading
 import time
@@ -37,8 +36,8 @@ log = logging.getLogger(__name__)
 
 # File descriptors kept for everything that is not a stream: the listening
 # socket, logs, Redis connections (up to 21 per worker: broadcast and chat),
-# upstream chat connections, and the connections a full worker still accepts
-# in order to answer 503.
+# and the connections a full worker still accepts in order to answer 503.
+# (create_app adds one per chat answer a proxying worker may keep.)
 RESERVED_FILES = 64
 # Wake-ups are rounded up to this grid (seconds), so streams due at nearly the
 # same moment share one timer and one turn of the event loop.
@@ -78,24 +77,49 @@ def body_deadline(seconds):
         with gevent.Timeout(seconds, BodyTimeout):
             yield
     except BodyTimeout:
-        sock = request.environ.get("gunicorn.socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)
+        stop_reading(request.environ.get("gunicorn.socket"))
         raise
 
 
-def stream_limit(configured):
+def stop_reading(sock):
+    """Shut the reading side of a client's socket, so the server hears no next request.
+
+    On the file descriptor itself: a TLS socket's own shutdown() would also
+    drop its TLS state, and what is written after (the end of a stream, a 408)
+    would go out unencrypted.
+    """
+    if sock is None:
+        return
+    try:
+        raw = _socket.socket(fileno=sock.fileno())
+    except OSError:  # closed already
+        return
+    try:
+        raw.shutdown(socket.SHUT_RD)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
+    finally:
+        raw.detach()  # the socket is the server's: never close it here
+
+
+def stream_limit(configured, reserved=RESERVED_FILES):
     """The streams this process can really hold: ``configured``, or fewer if open files run out.
+
+    ``reserved`` files are kept for everything that is not a stream.
 
     Every stream is a socket, so a process allowed 256 open files cannot hold
     9,000 streams: past the limit accept() fails and new clients hang instead
     of getting a 503.
     """
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft - RESERVED_FILES >= configured:
+    try:
+        import resource  # Unix only: elsewhere (Windows, flask run) trust the setting
+    except ImportError:
         return configured
-    limit = max(0, soft - RESERVED_FILES)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft - reserved >= configured:
+        return configured
+    limit = max(0, soft - reserved)
     log.warning("the open-file limit is %d: this worker holds at most %d streams, not "
                 "SSE_MAX_STREAMS=%d (raise the limit with ulimit -n)", soft, limit, configured)
     return limit
@@ -104,8 +128,8 @@ def stream_limit(configured):
 class Streams:
     """This worker's open streams: the cap, the clock they sleep on, and the stop signal."""
 
-    def __init__(self, max_streams, max_seconds=0, write_timeout=30):
-        self.limit = stream_limit(max_streams)
+    def __init__(self, max_streams, max_seconds=0, write_timeout=30, reserved=RESERVED_FILES):
+        self.limit = stream_limit(max_streams, reserved)
         self.max_seconds, self.write_timeout = max_seconds, write_timeout
         self.open = set()
         self.kinds = collections.Counter()  # open streams by kind, for /healthz
@@ -173,12 +197,16 @@ class Stream:
 
     def wait_until(self, deadline):
         """Sleep until ``deadline`` or until ``wake()``; may also return early for no reason."""
-        # Not `ended`: its lifetime bounds the sleep anyway, and this runs per message.
-        if not (self.gone or self._streams.stopping):
-            self._clock.wait(self, min(deadline, self.ends_at))
+        if self.gone:
+            return
+        if self._streams.stopping:
+            # The stop woke every stream asleep then; one that sleeps after it
+            # looks again each second (a chat answer may go on being read).
+            deadline = min(deadline, time.monotonic() + 1)
+        self._clock.wait(self, min(deadline, self.ends_at))
 
     def wake(self):
-        """End a wait_until() now; safe from any greenlet or thread."""
+        """End a wait_until() now, from any greenlet (or, without gevent, any thread)."""
         if not self.wake_pending:  # once is enough, however often it is woken till then
             self.wake_pending = True
             self._clock.wake(self)
@@ -188,15 +216,14 @@ class Stream:
         if sock is None:
             return
         self._sock = sock
-        try:
-            # Unacknowledged data, or data the client's full window keeps back,
-            # for this long makes the kernel drop the connection (ETIMEDOUT):
-            # a write that makes no progress ends the stream.
+        # Unacknowledged data, or data the client's full window keeps back, for
+        # this long makes the kernel drop the connection (ETIMEDOUT): a write
+        # that makes no progress ends the stream. Linux only; not on a unix socket.
+        with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
                             int(self._streams.write_timeout * 1000))
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        except (OSError, AttributeError):  # AttributeError: no TCP_USER_TIMEOUT off Linux
-            pass
         self._watcher = self._clock.watch_readable(sock.fileno(), self._readable)
         self._clock.send_faster(sock)
 
@@ -247,14 +274,10 @@ class Stream:
             self._streams.open.discard(self)
             self._streams.kinds[self.kind] -= 1
         self._stop_watching()
-        if self._streams.stopping and self._sock is not None:
+        if self._streams.stopping:
             # Otherwise gunicorn would wait on this connection for the client's
             # next request (up to its keepalive) before the worker may exit.
-            try:
-                self._sock.shutdown(socket.SHUT_RD)
-            except OSError as exc:
-                if exc.errno != errno.ENOTCONN:
-                    raise
+            stop_reading(self._sock)
 
 
 def http1_socket(environ):

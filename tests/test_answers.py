@@ -318,10 +318,14 @@ def test_a_reader_elsewhere_never_gets_one_chunk_under_another_chunks_id(redis_s
     response.close()
     text = elsewhere.test_client().get(f"{URL}/{id}/stream", headers={"Last-Event-ID": "3"})
     assert text.status_code == 200
-    got = [(int(n), chunk) for n, chunk in events(text.get_data(as_text=True)) if n]
-    assert restarted_at > 4 and got, "the test needs chunks lost between 3 and the restart"
+    wire = events(text.get_data(as_text=True))
+    got = [(int(n), chunk) for n, chunk in wire if n]
+    assert restarted_at > 4, "the test needs chunks lost between 3 and the restart"
     for n, chunk in got:
         assert chunk == answer.chunks[n - 1], f"chunk {n} is another chunk's text"
+    # Chunk 4 is gone: the reader is told the answer was lost, and nothing after the gap.
+    assert got == []
+    assert json.loads(wire[-1][1])["error"]["message"].startswith("the answer was lost")
 
 
 def test_with_redis_a_keep_time_in_fractions_of_a_second_still_expires_the_answer(redis_server):
