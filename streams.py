@@ -212,7 +212,11 @@ class Stream:
             self._clock.wake(self)
 
     def watch(self, sock):
-        """Notice at once when the client closes; cut it off when it stops reading."""
+        """Notice at once when the client closes; cut it off when it stops reading.
+
+        A client that only shuts its sending side counts as gone too: EventSource
+        and fetch never do that, and a read cannot tell it from a close.
+        """
         if sock is None:
             return
         self._sock = sock
