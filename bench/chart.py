@@ -150,8 +150,11 @@ def draw(folder):
     if fanout and fanout["summary"]:
         by_n(next(rows[1]), fanout, "all_have_it_p99_ms",
              "fan-out: all subscribers have it, p99", "ms")
-        by_n(next(rows[1]), fanout, "max_rate_p99_under_limit",
-             "fan-out: max publish rate with p99 < 1 s", "messages/s")
+        rate = ("max_achieved_rate_p99_under_limit"
+                if any("max_achieved_rate_p99_under_limit" in row for row in fanout["summary"])
+                else "max_rate_p99_under_limit")  # files from before the achieved rate
+        by_n(next(rows[1]), fanout, rate,
+             "fan-out: max publish rate taken with p99 < 1 s", "messages/s")
     if steady and steady["summary"]:
         steady_panels(rows[2], steady)
     for row in rows:

@@ -363,7 +363,7 @@ STREAM_KEYS = ["established", "ticks_per_s", "expected_ticks_per_s", "delivered_
 FIRST_KEYS = ["first_byte_p50_ms", "first_byte_p99_ms", "first_event_p50_ms",
               "first_event_p99_ms"]
 FANOUT_KEYS = ["established", "all_have_it_p50_ms", "all_have_it_p99_ms",
-               "max_rate_p99_under_limit"]
+               "max_rate_p99_under_limit", "max_achieved_rate_p99_under_limit"]
 STEADY_KEYS = ["established", "cpu_us_per_delivery", "server_busy_fraction",
                "delivery_p50_ms", "delivery_p99_ms", "delivery_max_ms", "all_have_it_p99_ms",
                "post_answer_p50_ms", "post_answer_p99_ms", "post_answer_max_ms",
@@ -422,7 +422,7 @@ def show(run):
     keys = ("scenario", "server", "n", "repeat", "established", "ticks_per_s", "delivered_ratio",
             "lag_p99_ms", "rss_per_stream_kb", "cpu_ms_per_1000_ticks", "loadgen_cpu_fraction",
             "first_byte_p99_ms", "first_event_p99_ms", "all_have_it_p99_ms",
-            "max_rate_p99_under_limit", "skipped")
+            "max_rate_p99_under_limit", "max_achieved_rate_p99_under_limit", "skipped")
     if run.get("scenario") == "fanout-steady":
         keys = SHOW_STEADY
     print("  ".join(f"{k}={round(run[k], 3) if isinstance(run[k], float) else run[k]}"

@@ -166,3 +166,14 @@ def test_steady_summary_without_a_server_sample_prices_nothing():
                                      posts=posts, server_cpu_seconds=None, window_seconds=1.0)
     assert summary["complete"] and summary["deliveries"] == 1
     assert summary["cpu_us_per_delivery"] is None and summary["server_busy_fraction"] is None
+
+
+def test_the_highest_rate_counts_what_was_published_not_what_was_asked():
+    step = {"complete": True, "client_bound": False}
+    steps = [{**step, "rate": 5.0, "achieved_rate": 5.0, "delivery_p99_ms": 200},
+             {**step, "rate": 50.0, "achieved_rate": 6.5, "delivery_p99_ms": 300},  # POSTs waited
+             {**step, "rate": 100.0, "achieved_rate": 90.0, "delivery_p99_ms": 1500}]  # too slow
+    assert loadgen.max_rates(steps, p99_limit=1.0) == {
+        "max_rate_p99_under_limit": 50.0, "max_achieved_rate_p99_under_limit": 6.5}
+    assert loadgen.max_rates([], p99_limit=1.0) == {
+        "max_rate_p99_under_limit": None, "max_achieved_rate_p99_under_limit": None}
