@@ -1,6 +1,6 @@
 # Two commands: `make run` serves the demo, `make test` runs every test (pytest, then node).
 # Each creates .venv and installs the pinned requirements the first time.
-# `make nginx`, next to `make run`, puts nginx.conf in front (README: Deploy behind Nginx).
+# `make nginx`, next to `make run`, puts nginx.conf in front (docs/nginx.md: Run it).
 # `make bench` runs the full benchmark, `make bench-smoke` a small one; extra options go in
 # BENCH_ARGS, e.g. make bench BENCH_ARGS="--scenarios streams".
 PYTHON ?= python3

@@ -2,7 +2,7 @@ r"""Lesson 7: a ChatGPT-style answer, streamed to a POST and read with fetch().
 
 EventSource can only GET, and a chat sends its prompt in a POST body. The route,
 the chunks and the closing [DONE] copy OpenAI's chat completions, so the official
-openai client reads this too: OpenAI(base_url="http://127.0.0.1:8000/v1").
+openai client reads this too: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-").
 
 Run: gunicorn -k gevent 07_chat:app
 Try: curl -N -X POST http://127.0.0.1:8000/v1/chat/completions \
