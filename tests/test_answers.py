@@ -8,6 +8,7 @@ outlive its worker. Streams on real servers are read by httpx-sse.
 import json
 import os
 import signal
+import threading
 import time
 
 import httpx
@@ -18,6 +19,7 @@ from httpx_sse import connect_sse
 from servers import wait_until
 from wire import blocks, events
 
+from answers import MemoryAnswers
 from app import create_app
 
 URL = "/v1/chat/completions"
@@ -158,6 +160,57 @@ def test_answers_past_the_workers_cap_get_503():
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
     assert "as many chat answers" in refused.json["error"]["message"]
     kept.close()
+
+
+def test_finished_answers_nobody_reads_make_room_for_another_clients_question():
+    # One client asks CHAT_MAX_ANSWERS questions and reads none. Their answers finish and
+    # are kept for a re-attach (SSE_CHAT_KEEP_SECONDS: 300 s); another client's question
+    # must not wait for them to expire: the oldest finished answer nobody reads makes room.
+    app = chat_app(CHAT_MAX_ANSWERS=3)
+    client = app.test_client()
+    ids = []
+    for _ in range(3):
+        response = post(client)
+        ids.append(read_chunks(response, 1)[0][1]["id"])
+        response.close()
+    answers = app.extensions["answers"]
+    wait_until(lambda: all(answers.get(id).end for id in ids), what="the answers to finish")
+    reading = client.get(f"{URL}/{ids[0]}/stream")  # the oldest, but someone reads it
+    assert reading.status_code == 200
+    text = post(client).get_data(as_text=True)
+    assert text.endswith("data: [DONE]\n\n")
+    reading.close()
+    assert client.get(f"{URL}/{ids[0]}/stream").status_code == 200
+    assert client.get(f"{URL}/{ids[1]}/stream").status_code == 404  # made room
+    assert client.get(f"{URL}/{ids[2]}/stream").status_code == 200
+
+
+def test_a_cancel_after_the_models_last_chunk_adds_no_second_last_chunk():
+    # A real model sends its finish_reason chunk, then [DONE] a moment later. A Stop in
+    # between finds the answer complete: it closes the model, and appends nothing.
+    answers = MemoryAnswers()
+    closed = threading.Event()
+
+    def model():
+        try:
+            yield {"object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+            yield {"object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            while True:  # the upstream has not sent [DONE] yet
+                time.sleep(0.01)
+                yield None
+        finally:
+            closed.set()
+
+    answer = answers.start(model(), "chatcmpl-" + "0" * 32, "offline")
+    wait_until(lambda: len(answer.chunks) == 2, what="the model's last chunk")
+    assert answers.cancel(answer.id) == "completed"
+    assert closed.wait(5), "the model was not closed"
+    wait_until(lambda: answer.end is not None, what="the answer to end")
+    assert answer.end == "done"
+    reasons = [json.loads(c)["choices"][0]["finish_reason"] for c in answer.chunks]
+    assert reasons == [None, "stop"]
 
 
 def test_an_answer_past_its_size_bound_ends_with_finish_reason_length():
@@ -384,3 +437,22 @@ def test_a_reader_elsewhere_does_not_log_a_warning_per_poll_while_redis_is_down(
     response.close()
     polls = [r for r in caplog.records if "reading Redis failed" in r.getMessage()]
     assert len(polls) <= 5, f"{len(polls)} warnings in 2 s from one reader"
+
+
+def test_the_worker_generating_an_answer_warns_once_while_redis_is_down_not_per_chunk(
+        redis_server, caplog):
+    # Each chunk is written to Redis, and the generator looks at Redis 5 times a second:
+    # a line for each while Redis is down is thousands of lines a second with 100 answers.
+    app = chat_app(REDIS_URL=redis_server.url, CHAT_TOKEN_DELAY=0.01)
+    response = post(app.test_client())
+    id = read_chunks(response, 1)[0][1]["id"]
+    answer = app.extensions["answers"].get(id)
+    redis_server.stop()
+    caplog.clear()
+    written = len(answer.chunks)
+    wait_until(lambda: len(answer.chunks) >= written + 40 or answer.end, timeout=20,
+               what="forty chunks while Redis is down")
+    assert len(answer.chunks) >= written + 20, "the test needs chunks generated meanwhile"
+    warnings = [r for r in caplog.records if r.name == "answers" and r.levelname == "WARNING"]
+    assert len(warnings) <= 2, [r.getMessage() for r in warnings]
+    response.close()
