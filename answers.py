@@ -27,7 +27,8 @@ What both offer::
 An answer ends ``"done"`` (its readers send ``[DONE]``), ``"error"`` (its
 last chunk is an error event) or ``"lost"`` (the worker generating it went
 away before the end). Nobody attached for ``abandon_after`` seconds cancels
-it; a finished answer is kept ``keep_for`` seconds.
+it; a finished answer is kept ``keep_for`` seconds, or until a new one
+needs its room and nobody reads it.
 """
 
 import contextlib
@@ -62,6 +63,13 @@ class AnswerNotFound(Exception):
     """No answer has this id here: it never existed, or it has expired. Answer 404."""
 
 
+def has_finish_reason(payload):
+    """True for a chunk that ends the answer: a choice with a finish_reason."""
+    choices = payload.get("choices")
+    return isinstance(choices, list) and any(
+        isinstance(choice, dict) and choice.get("finish_reason") for choice in choices)
+
+
 def compact_json(value):
     """JSON as OpenAI writes it: no spaces, and UTF-8 text as it is, not \\u escapes."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -75,6 +83,7 @@ class Answer:
         self.chunks = []  # chunk n is chunks[n - 1]
         self.size = 0  # bytes of JSON kept
         self.end = None  # None while generating; then "done", "error" or "lost"
+        self.complete = False  # a chunk with a finish_reason came: nothing more to say
         self.cancelled = False
         self.readers = 0
         self.unattached_since = time.monotonic()
@@ -135,6 +144,8 @@ class MemoryAnswers:
         """
         self._forget_expired()
         if len(self._answers) >= self.max_answers:
+            self._forget_oldest_unread()
+        if len(self._answers) >= self.max_answers:
             chunks.close()
             raise TooManyAnswers()
         answer = Answer(id, model, int(time.time()))
@@ -155,7 +166,8 @@ class MemoryAnswers:
         try:
             for payload in chunks:
                 if answer.cancelled or self._abandoned(answer):
-                    self._append(answer, answer.final_chunk("cancelled"))
+                    if not answer.complete:  # else the model's own last chunk stands
+                        self._append(answer, answer.final_chunk("cancelled"))
                     end = "done"
                     break
                 if payload is None:
@@ -170,6 +182,7 @@ class MemoryAnswers:
                 self._append(answer, text)
                 if "error" in payload:
                     break
+                answer.complete = answer.complete or has_finish_reason(payload)
             else:
                 end = "done"
         except Exception:
@@ -224,8 +237,8 @@ class MemoryAnswers:
             return None
         if answer.end is not None:
             return "completed"
-        answer.cancelled = True
-        return "cancelled"
+        answer.cancelled = True  # a model that has said all still stops now: closed at once
+        return "completed" if answer.complete else "cancelled"
 
     def drain(self, timeout):
         """Wait up to ``timeout`` s for the answers still generating here to finish."""
@@ -241,6 +254,18 @@ class MemoryAnswers:
     def _abandoned(self, answer):
         return (not answer.readers
                 and time.monotonic() - answer.unattached_since > self.abandon_after)
+
+    def _forget_oldest_unread(self):
+        """Forget the oldest finished answer nobody reads, to make room for a new one.
+
+        Finished answers are kept for a re-attach that may never come: without
+        this, one client asking many questions and reading none would keep
+        everyone else's out until its answers expire.
+        """
+        for id, answer in self._answers.items():
+            if answer.end is not None and not answer.readers:
+                del self._answers[id]
+                return
 
     def _forget_expired(self):
         now = time.monotonic()
@@ -317,6 +342,7 @@ class RedisAnswers(MemoryAnswers):
             url, max_connections=10, timeout=5, socket_connect_timeout=2, socket_timeout=5))
         self._prefix = prefix
         self._looked = {}  # id -> when its generator last looked at Redis (monotonic)
+        self._failing = set()  # ids whose last write or look at Redis failed
 
     @contextlib.contextmanager
     def _unavailable_as_503(self):
@@ -347,6 +373,19 @@ class RedisAnswers(MemoryAnswers):
         with contextlib.suppress(Exception):  # it expires by itself anyway
             self._redis.delete(self._key(answer.id, ":alive"))
         self._looked.pop(answer.id, None)
+        self._failing.discard(answer.id)
+
+    def _redis_failed(self, answer, what, exc):
+        """Warn at the first failure of an outage, not at each chunk and each look."""
+        if answer.id not in self._failing:
+            self._failing.add(answer.id)
+            log.warning("answer %s: %s failed (said once, until Redis answers again): %s",
+                        answer.id, what, exc)
+
+    def _redis_worked(self, answer):
+        if answer.id in self._failing:
+            self._failing.discard(answer.id)
+            log.info("answer %s: Redis answers again", answer.id)
 
     def _write(self, answer, fields, n, finished=False):
         from redis import RedisError
@@ -361,7 +400,9 @@ class RedisAnswers(MemoryAnswers):
         try:
             pipe.execute()
         except RedisError as exc:  # local readers still get it; remote ones see it lost
-            log.warning("answer %s: chunk %d not written to Redis: %s", answer.id, n, exc)
+            self._redis_failed(answer, f"writing chunk {n} (readers elsewhere see it lost)", exc)
+        else:
+            self._redis_worked(answer)
 
     def _abandoned(self, answer):
         """Abandoned only when nobody reads it here or elsewhere; also look for a remote cancel."""
@@ -375,7 +416,7 @@ class RedisAnswers(MemoryAnswers):
                 pipe.exists(self._key(answer.id, ":attached"))
                 _, cancelled, attached = pipe.execute()
             except Exception as exc:  # Redis away: judge by the local readers alone
-                log.warning("answer %s: %s", answer.id, exc)
+                self._redis_failed(answer, "looking for readers and a cancel in Redis", exc)
                 cancelled = attached = 0
             if cancelled:
                 answer.cancelled = True

@@ -334,7 +334,8 @@ def answer_events(answers, completion_id, after, stream, heartbeat):
                 return
             if end == "lost":
                 yield format_event(chat.compact_json(chat.error_chunk(
-                    "the answer was lost: the worker generating it stopped before the end")))
+                    "the answer was lost: the worker generating it stopped, or Redis lost chunks, "
+                    "before the end")))
             if end is not None:  # "error": its last chunk was the error event
                 return
             # With answers in Redis, a stopping worker's readers re-attach elsewhere.
