@@ -204,6 +204,40 @@ def test_the_stream_limit_leaves_the_page_healthz_and_other_addresses_alone(guni
         assert one_more_stream(proxy.url, source="127.0.0.2").status_code == 200
 
 
+# nginx.conf's limit_req on chat questions: a burst of 30 per address, then one a second.
+QUESTIONS_BURST = 30
+
+
+def ask(url, source="127.0.0.1"):
+    """POST one streamed chat question from address ``source``; close once its status is in."""
+    transport = httpx.HTTPTransport(local_address=source)
+    question = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.Client(transport=transport, timeout=5) as client:
+        with client.stream("POST", url + "/v1/chat/completions", json=question) as response:
+            if response.status_code != 200:
+                response.read()
+    return response
+
+
+def test_one_address_asking_a_burst_of_questions_gets_a_json_429_and_others_do_not(
+        gunicorn, nginx):
+    # A question's answer goes on being generated after its connection closes, so
+    # limit_conn does not bound them: without a rate, one address that asks and
+    # hangs up in a loop fills the worker's SSE_CHAT_MAX_ANSWERS for everyone.
+    proxy = nginx(gunicorn(env={"SSE_CHAT_TOKEN_DELAY": "0.05"}))
+    statuses = [ask(proxy.url).status_code for _ in range(QUESTIONS_BURST + 10)]
+    # The burst, plus the one a second the asking took (well under 10 s).
+    assert QUESTIONS_BURST <= statuses.count(200) < QUESTIONS_BURST + 10
+    refused = ask(proxy.url)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "5"
+    assert "too many chat questions from your address" in refused.json()["error"]["message"]
+    assert ask(proxy.url, source="127.0.0.2").status_code == 200  # another address
+    with open_streams(proxy.url, 1):  # the same address still streams
+        pass
+    # A refused question never reached gunicorn: it holds no answer there.
+    assert httpx.get(proxy.url + "/healthz").json()["chat_answers"] == statuses.count(200) + 1
+
+
 OPEN_EIGHT_EVENT_SOURCES = """() => {
     window.counts = [0, 0, 0, 0, 0, 0, 0, 0];
     window.sources = window.counts.map((_, i) => {
