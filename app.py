@@ -16,7 +16,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 
 from flask import Blueprint, Flask, current_app, jsonify, render_template, request
@@ -27,7 +26,7 @@ import chat
 import settings
 from answers import AnswerNotFound, MemoryAnswers, RedisAnswers, StoreUnavailable, TooManyAnswers
 from broker import BrokerUnavailable, MemoryBroker, RedisBroker
-from sse import HEARTBEAT, format_event, parse_last_event_id
+from sse import HEARTBEAT, format_event, parse_json, parse_last_event_id
 from streams import (
     RESERVED_FILES,
     BodyTimeout,
@@ -408,8 +407,7 @@ def read_message(body):
     "\\ud800" is valid JSON but cannot be sent as UTF-8).
     """
     try:
-        message = json.loads(body, parse_constant=_refuse_number, parse_float=_finite_float,
-                             parse_int=_finite_int)
+        message = parse_json(body)
     except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         raise BadParameter(None, "the body is not valid JSON, or holds a number "
                                  "JavaScript cannot read (NaN, Infinity, 1e400)") from None
@@ -436,24 +434,6 @@ def read_message(body):
             raise BadParameter(param, f"{param} holds text that is not valid Unicode "
                                       "(a lone surrogate such as \\ud800)") from None
     return data, event
-
-
-def _refuse_number(name):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text):
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"{text} overflows a double")
-    return value
-
-
-def _finite_int(text):
-    value = int(text)
-    if abs(value) > sys.float_info.max:  # JavaScript reads it as Infinity
-        raise ValueError(f"{text[:20]}... overflows a double")
-    return value
 
 
 def has_bearer_token(expected):

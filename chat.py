@@ -23,6 +23,7 @@ import uuid
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from answers import CHECK_EVERY, compact_json
+from sse import NonStandardNumber, parse_json
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -78,7 +79,9 @@ def read_request(request, max_bytes):
     if raw is None or len(raw) > max_bytes:
         raise ChatError(413, f"the request body must be at most {max_bytes} bytes")
     try:
-        body = json.loads(raw)
+        body = parse_json(raw)
+    except NonStandardNumber as exc:  # httpx would refuse to send it upstream: a 500
+        raise ChatError(400, f"the request body is not standard JSON: {exc}") from None
     except (ValueError, RecursionError):  # bad UTF-8 or JSON, or nesting deeper than Python's stack
         raise ChatError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
