@@ -30,10 +30,12 @@ from sse import HEARTBEAT, format_event, parse_json, parse_last_event_id
 from streams import (
     RESERVED_FILES,
     BodyTimeout,
+    BodyUnreadable,
     Streams,
     TooManyStreams,
     body_deadline,
     event_stream,
+    read_body,
 )
 
 bp = Blueprint("sse", __name__)
@@ -252,6 +254,12 @@ def body_too_slow(exc):
     return error(408, f"the request body did not arrive within {seconds} s")
 
 
+@bp.app_errorhandler(BodyUnreadable)
+def body_unreadable(exc):
+    """400: the body's framing is broken. The connection closes after this answer."""
+    return error(400, f"the request body could not be read: {exc}")
+
+
 class BadParameter(ValueError):
     """A query or body value that is missing, malformed or out of range."""
 
@@ -386,7 +394,7 @@ def request_body(limit):
     request.max_content_length = limit + 1
     try:
         with body_deadline(current_app.config["BODY_TIMEOUT"]):
-            body = request.get_data()
+            body = read_body(request)
     except RequestEntityTooLarge:  # the Content-Length said so, before reading
         return None
     return body if len(body) <= limit else None

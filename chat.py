@@ -24,6 +24,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from answers import CHECK_EVERY, compact_json
 from sse import NonStandardNumber, parse_json
+from streams import read_body
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -73,7 +74,7 @@ def read_request(request, max_bytes):
     # error, so allow one byte more: reading it means the body was too big.
     request.max_content_length = max_bytes + 1
     try:
-        raw = request.get_data(cache=False)
+        raw = read_body(request)  # BodyUnreadable when it cannot be read: 400
     except RequestEntityTooLarge:  # Content-Length said so: refused unread
         raw = None
     if raw is None or len(raw) > max_bytes:
