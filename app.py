@@ -16,7 +16,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 
 from flask import Blueprint, Flask, current_app, jsonify, render_template, request
@@ -27,14 +26,16 @@ import chat
 import settings
 from answers import AnswerNotFound, MemoryAnswers, RedisAnswers, StoreUnavailable, TooManyAnswers
 from broker import BrokerUnavailable, MemoryBroker, RedisBroker
-from sse import HEARTBEAT, format_event, parse_last_event_id
+from sse import HEARTBEAT, format_event, parse_json, parse_last_event_id
 from streams import (
     RESERVED_FILES,
     BodyTimeout,
+    BodyUnreadable,
     Streams,
     TooManyStreams,
     body_deadline,
     event_stream,
+    read_body,
 )
 
 bp = Blueprint("sse", __name__)
@@ -253,6 +254,12 @@ def body_too_slow(exc):
     return error(408, f"the request body did not arrive within {seconds} s")
 
 
+@bp.app_errorhandler(BodyUnreadable)
+def body_unreadable(exc):
+    """400: the body's framing is broken. The connection closes after this answer."""
+    return error(400, f"the request body could not be read: {exc}")
+
+
 class BadParameter(ValueError):
     """A query or body value that is missing, malformed or out of range."""
 
@@ -388,7 +395,7 @@ def request_body(limit):
     request.max_content_length = limit + 1
     try:
         with body_deadline(current_app.config["BODY_TIMEOUT"]):
-            body = request.get_data()
+            body = read_body(request)
     except RequestEntityTooLarge:  # the Content-Length said so, before reading
         return None
     return body if len(body) <= limit else None
@@ -409,8 +416,7 @@ def read_message(body):
     "\\ud800" is valid JSON but cannot be sent as UTF-8).
     """
     try:
-        message = json.loads(body, parse_constant=_refuse_number, parse_float=_finite_float,
-                             parse_int=_finite_int)
+        message = parse_json(body)
     except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         raise BadParameter(None, "the body is not valid JSON, or holds a number "
                                  "JavaScript cannot read (NaN, Infinity, 1e400)") from None
@@ -437,24 +443,6 @@ def read_message(body):
             raise BadParameter(param, f"{param} holds text that is not valid Unicode "
                                       "(a lone surrogate such as \\ud800)") from None
     return data, event
-
-
-def _refuse_number(name):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text):
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"{text} overflows a double")
-    return value
-
-
-def _finite_int(text):
-    value = int(text)
-    if abs(value) > sys.float_info.max:  # JavaScript reads it as Infinity
-        raise ValueError(f"{text[:20]}... overflows a double")
-    return value
 
 
 def has_bearer_token(expected):

@@ -23,6 +23,8 @@ import uuid
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from answers import CHECK_EVERY, compact_json
+from sse import NonStandardNumber, parse_json
+from streams import read_body
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -72,13 +74,15 @@ def read_request(request, max_bytes):
     # error, so allow one byte more: reading it means the body was too big.
     request.max_content_length = max_bytes + 1
     try:
-        raw = request.get_data(cache=False)
+        raw = read_body(request)  # BodyUnreadable when it cannot be read: 400
     except RequestEntityTooLarge:  # Content-Length said so: refused unread
         raw = None
     if raw is None or len(raw) > max_bytes:
         raise ChatError(413, f"the request body must be at most {max_bytes} bytes")
     try:
-        body = json.loads(raw)
+        body = parse_json(raw)
+    except NonStandardNumber as exc:  # httpx would refuse to send it upstream: a 500
+        raise ChatError(400, f"the request body is not standard JSON: {exc}") from None
     except (ValueError, RecursionError):  # bad UTF-8 or JSON, or nesting deeper than Python's stack
         raise ChatError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -47,6 +47,12 @@ keepalive = max(1, int(os.environ.get("KEEPALIVE", "5")))
 # connection would never start. Nginx speaks HTTP/2 to browsers (nginx.conf).
 http_protocols = "h1"
 
+# No WSGI variables from request headers. By default gunicorn takes SCRIPT_NAME
+# from any client in forwarded_allow_ips (loopback), which could rewrite the page's
+# URLs or turn "/" into a 500; the app needs none (ProxyFix, in app.py, trusts only
+# X-Forwarded-For and -Proto). Empty: headers with "_" in the name are dropped.
+forwarder_headers = ""
+
 # Never preload with gevent: the app would be imported before the worker
 # patches the standard library, and its sockets and locks would block.
 preload_app = False

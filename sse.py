@@ -14,7 +14,9 @@ b'data: one\\ndata: two\\n\\n'
 """
 
 import json as _json
+import math
 import re
+import sys
 
 # The standard ends a line at CRLF, a lone CR or a lone LF, and nothing else.
 # str.splitlines() also splits on \v, \f, \x1c-\x1e, \x85, U+2028 and U+2029,
@@ -39,6 +41,52 @@ def _json_encoder():
 
 
 _to_json = _json_encoder()
+
+
+class NonStandardNumber(ValueError):
+    """NaN, Infinity, or a number too large for a double: Python reads them, JSON has none."""
+
+
+def parse_json(text):
+    """Parse JSON text (str or UTF-8 bytes) whose numbers are all finite doubles.
+
+    The trap: Python's json.loads also reads NaN, Infinity and -Infinity, and
+    reads 1e400 as inf, but no encoder writes them back. format_event (and
+    httpx, sending a chat upstream) refuse them, and no browser's JSON.parse
+    reads them as sent: a request that holds one would fail later, after the
+    200. They raise NonStandardNumber, a ValueError, as malformed JSON does;
+    nesting deeper than Python's stack raises RecursionError.
+
+    >>> parse_json('{"n": 1.5, "big": 12345678901234567890}')
+    {'n': 1.5, 'big': 12345678901234567890}
+    >>> parse_json('[1e400]')
+    Traceback (most recent call last):
+    sse.NonStandardNumber: 1e400 is too large for a double
+    """
+    return _json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                       parse_int=_finite_int)
+
+
+def _refuse_constant(name):
+    raise NonStandardNumber(f"{name} is not a number JSON can carry")
+
+
+def _finite_float(text):
+    value = float(text)
+    if math.isinf(value):
+        raise NonStandardNumber(f"{_shortened(text)} is too large for a double")
+    return value
+
+
+def _finite_int(text):
+    value = int(text)
+    if abs(value) > sys.float_info.max:  # JavaScript reads it as Infinity
+        raise NonStandardNumber(f"{_shortened(text)} is too large for a double")
+    return value
+
+
+def _shortened(text, length=20):
+    return text if len(text) <= length else text[:length] + "..."
 
 
 def format_event(data=None, event=None, id=None, retry=None, json=None):

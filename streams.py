@@ -31,6 +31,7 @@ import threading
 import time
 
 from flask import Response, current_app, request
+from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class BodyTimeout(Exception):
     """A request body did not arrive in time: answer 408."""
 
 
+class BodyUnreadable(Exception):
+    """A request body could not be read, e.g. its chunked framing is broken: answer 400."""
+
+
 @contextlib.contextmanager
 def body_deadline(seconds):
     """Raise BodyTimeout if the block (reading a request body) takes longer than ``seconds``.
@@ -79,6 +84,27 @@ def body_deadline(seconds):
     except BodyTimeout:
         stop_reading(request.environ.get("gunicorn.socket"))
         raise
+
+
+def read_body(request):
+    """Return the request body; raise BodyUnreadable if the server cannot read it.
+
+    The trap: a chunked body with broken framing (a chunk longer than its size
+    says, a size that is not hexadecimal) makes the server's reader raise its
+    own error, which the app cannot name without importing gunicorn, and which
+    would be a 500 with a traceback. So whatever the read itself raises becomes
+    BodyUnreadable, logged in one line; a 408 (BodyTimeout) and a 413 pass as
+    they are. The connection then stops reading: where a broken body ends, and
+    so where a next request would start, cannot be told.
+    """
+    try:
+        return request.get_data(cache=False)
+    except (BodyTimeout, HTTPException):
+        raise
+    except Exception as exc:  # e.g. gunicorn's InvalidChunkSize, a reset connection
+        log.info("a request body could not be read: %s: %s", type(exc).__name__, exc)
+        stop_reading(request.environ.get("gunicorn.socket"))
+        raise BodyUnreadable(str(exc)) from None
 
 
 def stop_reading(sock):

@@ -185,6 +185,30 @@ def test_body_that_is_not_json_gets_400(client, raw):
     assert response.json["error"]["message"] == "the request body is not valid JSON"
 
 
+# Python's json reads these, but no JSON encoder writes them back: httpx refuses to send
+# them upstream, and no browser's JSON.parse reads them.
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ('{"messages": [{"role": "user", "content": "hi", "x": NaN}]}', "NaN"),
+        ('{"messages": [{"role": "user", "content": "hi", "name": 1e400}]}', "1e400"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "temperature": -Infinity}',
+         "-Infinity"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "seed": 1' + "0" * 400 + "}",
+         "1000000000"),
+    ],
+    ids=["nan", "overflowing-float", "infinity", "overflowing-integer"],
+)
+def test_a_number_json_cannot_carry_gets_400_saying_which(client, raw, named):
+    response = client.post(URL, data=raw.replace("{", '{"stream": true, ', 1),
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["error"]["message"].startswith("the request body is not standard JSON: ")
+    assert named in response.json["error"]["message"]
+    assert response.json["error"]["type"] == "invalid_request_error"
+    assert stream_counts(client) == (0, 0)
+
+
 def test_body_that_is_not_an_object_gets_400(client):
     response = client.post(URL, json=[USER])
     assert response.status_code == 400
@@ -480,3 +504,17 @@ def test_whole_answer_through_the_proxy(proxy):
     assert response.status_code == 200
     assert response.json()["model"] == "fake-model"
     assert response.json()["choices"][0]["message"]["content"] == "hi"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_number_json_cannot_carry_gets_400_through_the_proxy_and_is_never_sent(
+        proxy, upstream, stream):
+    asked = len(upstream.requests)
+    raw = json.dumps({"messages": [{"role": "user", "content": "ok", "x": float("nan")}],
+                      "stream": stream})  # Python writes NaN, as a careless client would
+    response = httpx.post(proxy.url + URL, content=raw,
+                          headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "the request body is not standard JSON: NaN is not a number JSON can carry")
+    assert len(upstream.requests) == asked  # the upstream was never asked

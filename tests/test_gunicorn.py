@@ -1,4 +1,5 @@
-"""/stream under real gunicorn with the gevent worker, read by an independent SSE client."""
+"""/stream under real gunicorn with the gevent worker, read by an independent SSE client;
+and the request headers gunicorn.conf.py keeps gunicorn from trusting."""
 
 import asyncio
 import contextlib
@@ -124,3 +125,13 @@ def test_stream_cap_answers_503_not_a_hang(gunicorn):
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "5"
     assert refused.json()["error"]["type"] == "server_error"
+
+
+def test_a_script_name_header_changes_nothing(gunicorn):
+    # gunicorn would take it from a loopback client by default, and rewrite the page's URLs.
+    server = gunicorn()
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        page = client.get("/", headers={"SCRIPT_NAME": "/evil"})
+        assert page.status_code == 200
+        assert 'src="/static/stream.js"' in page.text and "/evil" not in page.text
+        assert client.get("/evil/", headers={"SCRIPT_NAME": "/evil"}).status_code == 404

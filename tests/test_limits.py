@@ -2,8 +2,8 @@
 
 Each test here is an attack that once worked (HEADs that leaked stream slots,
 clients that left or stopped reading and kept their slots, bodies dripped a
-byte at a time, too few open files, a stop held up by keep-alive) and now
-meets a bound, a clear answer, or both.
+byte at a time, chunked bodies with broken framing, too few open files, a stop
+held up by keep-alive) and now meets a bound, a clear answer, or both.
 """
 
 import asyncio
@@ -142,6 +142,43 @@ def test_a_body_dripped_a_byte_at_a_time_gets_408_and_the_connection_closes(guni
     body = json.loads(reply.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["message"] == "the request body did not arrive within 1 s"
     assert took < 3, f"the connection stayed open {took:.1f} s"  # 1 s, and slack for a busy CI
+
+
+def read_to_end(sock):
+    """Everything the server sends until it closes; fail if it keeps the connection open."""
+    reply = b""
+    try:
+        while data := sock.recv(4096):
+            reply += data
+    except TimeoutError:
+        raise AssertionError(f"the connection stayed open after {reply[:200]!r}") from None
+    return reply
+
+
+# A chunk longer than its size says, and a size that is not hexadecimal: gunicorn's reader
+# raises its own errors, which once reached the app as a 500 and a traceback.
+BROKEN_CHUNKS = [b'5\r\n{"data": 1}\r\n0\r\n\r\n', b'zz\r\n{"data": 1}\r\n0\r\n\r\n']
+
+
+@pytest.mark.parametrize("path", ["/broadcast", "/v1/chat/completions"])
+def test_a_broken_chunked_body_gets_400_and_the_connection_closes(gunicorn, path):
+    server = gunicorn()
+    for body in BROKEN_CHUNKS:
+        sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=5)
+        # Where a broken body ends cannot be told: what follows is never read as a request.
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Transfer-Encoding: chunked\r\n\r\n".encode() + body
+                     + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = read_to_end(sock)
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+        assert reply.count(b"HTTP/1.1 ") == 1, "a second request was read from the connection"
+        error = json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]
+        assert error["message"].startswith("the request body could not be read: "), error
+        assert error["type"] == "invalid_request_error"
+    log = Path(server.log.name).read_text()
+    assert "Traceback" not in log
+    assert len(re.findall(r"\[INFO\] streams: a request body could not be read", log)) == 2
 
 
 @pytest.mark.parametrize("keepalive", ["1", "0"])  # 0 would wait for ever: it counts as 1
