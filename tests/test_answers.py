@@ -213,6 +213,70 @@ def test_a_cancel_after_the_models_last_chunk_adds_no_second_last_chunk():
     assert reasons == [None, "stop"]
 
 
+def chunk(content=None, finish_reason=None):
+    delta = {} if content is None else {"content": content}
+    return {"object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+def model_until(event, *then):
+    """A model that says "Hi", waits for ``event``, then says ``then`` and stops."""
+    yield chunk("Hi")
+    while not event.wait(0.01):
+        yield None
+    yield from then
+    yield chunk(finish_reason="stop")
+
+
+def test_the_answer_that_makes_room_is_the_one_finished_longest_ago():
+    # A long answer whose page dropped mid-answer is old by its start, but has only just
+    # finished: its page is about to re-attach. The one finished longest ago goes first.
+    answers = MemoryAnswers(max_answers=2)
+    long_one, short_one = threading.Event(), threading.Event()
+    first = answers.start(model_until(long_one), "chatcmpl-" + "1" * 32, "offline")
+    second = answers.start(model_until(short_one), "chatcmpl-" + "2" * 32, "offline")
+    short_one.set()
+    wait_until(lambda: second.end is not None, what="the second answer to finish")
+    long_one.set()
+    wait_until(lambda: first.end is not None, what="the first answer to finish")
+    answers.start(model_until(threading.Event()), "chatcmpl-" + "3" * 32, "offline")
+    assert answers.get(first.id) is first
+    assert answers.get(second.id) is None
+
+
+def test_nothing_comes_after_the_models_last_chunk_not_even_a_length_cut():
+    answers = MemoryAnswers(max_bytes=600)
+
+    def after_the_end():
+        yield chunk("Hi")
+        yield chunk(finish_reason="stop")
+        yield chunk("x" * 400)  # what an upstream may send after: it does not fit
+
+    answer = answers.start(after_the_end(), "chatcmpl-" + "5" * 32, "offline")
+    wait_until(lambda: answer.end is not None, what="the answer to end")
+    assert answer.end == "done"
+    assert [json.loads(c)["choices"][0]["finish_reason"] for c in answer.chunks] == [None, "stop"]
+
+
+def test_a_stop_sent_the_moment_a_reader_sees_the_last_chunk_says_completed():
+    # The reader is woken as the last chunk is appended, and may cancel at once (with
+    # Redis the append also waits on Redis, so other greenlets run in between).
+    answers = MemoryAnswers()
+    said = []
+    release = threading.Event()
+    answer = answers.start(model_until(release), "chatcmpl-" + "6" * 32, "offline")
+
+    def wake():
+        if len(answer.chunks) == 2 and not said:
+            said.append(answers.cancel(answer.id))
+
+    with answers.attach(answer.id, wake):
+        release.set()
+        wait_until(lambda: answer.end is not None, what="the answer to end")
+    assert said == ["completed"]
+    assert [json.loads(c)["choices"][0]["finish_reason"] for c in answer.chunks] == [None, "stop"]
+
+
 def test_an_answer_past_its_size_bound_ends_with_finish_reason_length():
     client = chat_app(CHAT_MAX_ANSWER_BYTES=2000).test_client()
     # Quoted back in every answer: three bytes a character in UTF-8, one in len().
