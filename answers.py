@@ -166,8 +166,7 @@ class MemoryAnswers:
         try:
             for payload in chunks:
                 if answer.cancelled or self._abandoned(answer):
-                    if not answer.complete:  # else the model's own last chunk stands
-                        self._append(answer, answer.final_chunk("cancelled"))
+                    self._append(answer, answer.final_chunk("cancelled"))
                     end = "done"
                     break
                 if payload is None:
@@ -179,10 +178,15 @@ class MemoryAnswers:
                     self._append(answer, answer.final_chunk("length"))  # OpenAI's word for it
                     end = "done"
                     break
-                self._append(answer, text)
                 if "error" in payload:
+                    self._append(answer, text)
                     break
-                answer.complete = answer.complete or has_finish_reason(payload)
+                # Before the append wakes the readers: a Stop then says "completed".
+                answer.complete = has_finish_reason(payload)
+                self._append(answer, text)
+                if answer.complete:  # the model has said all: what follows adds nothing
+                    end = "done"
+                    break
             else:
                 end = "done"
         except Exception:
@@ -237,8 +241,10 @@ class MemoryAnswers:
             return None
         if answer.end is not None:
             return "completed"
-        answer.cancelled = True  # a model that has said all still stops now: closed at once
-        return "completed" if answer.complete else "cancelled"
+        if answer.complete:  # its last chunk is out; the generator is ending by itself
+            return "completed"
+        answer.cancelled = True
+        return "cancelled"
 
     def drain(self, timeout):
         """Wait up to ``timeout`` s for the answers still generating here to finish."""
@@ -256,16 +262,16 @@ class MemoryAnswers:
                 and time.monotonic() - answer.unattached_since > self.abandon_after)
 
     def _forget_oldest_unread(self):
-        """Forget the oldest finished answer nobody reads, to make room for a new one.
+        """Forget the answer finished longest ago that nobody reads, to make room.
 
         Finished answers are kept for a re-attach that may never come: without
         this, one client asking many questions and reading none would keep
         everyone else's out until its answers expire.
         """
-        for id, answer in self._answers.items():
-            if answer.end is not None and not answer.readers:
-                del self._answers[id]
-                return
+        unread = [answer for answer in self._answers.values()
+                  if answer.end is not None and not answer.readers]
+        if unread:  # the one finished longest ago: a page may be re-attaching to the newest
+            del self._answers[min(unread, key=lambda answer: answer.finished_at).id]
 
     def _forget_expired(self):
         now = time.monotonic()

@@ -54,7 +54,7 @@ DEFAULTS = {
     # Seconds a finished answer can still be re-read from its first chunk.
     "CHAT_KEEP_SECONDS": 300,
     # Answers a worker keeps (generating, or finished and kept); at the cap the
-    # oldest finished one nobody reads makes room, else a new streamed chat gets
+    # one finished longest ago that nobody reads makes room, else a new streamed chat gets
     # 503. With CHAT_MAX_ANSWER_BYTES it bounds their memory: about 100 x 340 KiB
     # = 34 MiB at most (each chunk is a string of its own; an offline answer
     # takes about 22 KiB, docs/chat.md).
