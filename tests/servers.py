@@ -24,14 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def need(program):
-    """Return the path of ``program``; skip without it on a laptop, fail in CI."""
+    """Return the path of ``program``; skip without it (in CI a skip fails: ci_skips.py)."""
     path = shutil.which(program) or next(
         (p for p in (f"/usr/sbin/{program}", f"/usr/bin/{program}") if os.path.exists(p)), None)
     if path is None:
-        message = f"{program} is not installed (make test installs nothing system-wide)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run this test, so .ci/run must install it")
-        pytest.skip(message)
+        pytest.skip(f"{program} is not installed (make test installs nothing system-wide)")
     return path
 
 
