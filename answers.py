@@ -143,9 +143,7 @@ class MemoryAnswers:
         ``{"error": ...}`` object ends it.
         """
         self._forget_expired()
-        if len(self._answers) >= self.max_answers:
-            self._forget_oldest_unread()
-        if len(self._answers) >= self.max_answers:
+        if len(self._answers) >= self.max_answers and not self._make_room():
             chunks.close()
             raise TooManyAnswers()
         answer = Answer(id, model, int(time.time()))
@@ -239,9 +237,7 @@ class MemoryAnswers:
         answer = self._local(id)
         if answer is None:
             return None
-        if answer.end is not None:
-            return "completed"
-        if answer.complete:  # its last chunk is out; the generator is ending by itself
+        if answer.end is not None or answer.complete:  # complete: its generator is ending
             return "completed"
         answer.cancelled = True
         return "cancelled"
@@ -261,17 +257,20 @@ class MemoryAnswers:
         return (not answer.readers
                 and time.monotonic() - answer.unattached_since > self.abandon_after)
 
-    def _forget_oldest_unread(self):
-        """Forget the answer finished longest ago that nobody reads, to make room.
+    def _make_room(self):
+        """Forget the answer finished longest ago that nobody reads; False if there is none.
 
         Finished answers are kept for a re-attach that may never come: without
         this, one client asking many questions and reading none would keep
-        everyone else's out until its answers expire.
+        everyone else's out until its answers expire. The one finished longest
+        ago goes: a page may be re-attaching to the newest.
         """
         unread = [answer for answer in self._answers.values()
                   if answer.end is not None and not answer.readers]
-        if unread:  # the one finished longest ago: a page may be re-attaching to the newest
-            del self._answers[min(unread, key=lambda answer: answer.finished_at).id]
+        if not unread:
+            return False
+        del self._answers[min(unread, key=lambda answer: answer.finished_at).id]
+        return True
 
     def _forget_expired(self):
         now = time.monotonic()
@@ -424,6 +423,8 @@ class RedisAnswers(MemoryAnswers):
             except Exception as exc:  # Redis away: judge by the local readers alone
                 self._redis_failed(answer, "looking for readers and a cancel in Redis", exc)
                 cancelled = attached = 0
+            else:
+                self._redis_worked(answer)
             if cancelled:
                 answer.cancelled = True
             if attached:
